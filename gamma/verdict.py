@@ -1,0 +1,103 @@
+"""From model outputs to a verdict: ``real``, ``ai-generated``, ``manipulated``, ``needs-review``.
+
+The thresholds live here and nowhere else; a checkpoint's config carries the values it was validated with,
+so the worker, ``evaluate`` and the report all decide the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import numpy as np
+
+
+class Verdict(str, Enum):
+    REAL = "real"
+    AI_GENERATED = "ai-generated"
+    MANIPULATED = "manipulated"
+    NEEDS_REVIEW = "needs-review"
+    ERROR = "error"  # the image could not be judged; the reason travels with the result
+
+
+@dataclass(frozen=True)
+class VerdictThresholds:
+    """Decision thresholds.
+
+    ``ai_probability``: image probability at or above which an image is AI-generated.
+    ``review_band``: half-width of the uncertainty band around ``ai_probability``; inside it, ``needs-review``.
+    ``mask_pixel``: per-pixel probability above which a mask pixel counts as flagged.
+    ``manipulated_area``: fraction of flagged manipulation-mask pixels above which a non-AI image is manipulated.
+    """
+
+    ai_probability: float = 0.5
+    review_band: float = 0.1
+    mask_pixel: float = 0.5
+    manipulated_area: float = 0.01
+
+    def __post_init__(self) -> None:
+        for name in ("ai_probability", "mask_pixel", "manipulated_area"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"threshold {name}={value} outside [0, 1]")
+        if not 0.0 <= self.review_band < 0.5:
+            raise ValueError(f"review_band={self.review_band} outside [0, 0.5)")
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VerdictThresholds:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """One image's verdict with the numbers behind it."""
+
+    verdict: Verdict
+    probability: float
+    ai_area: float
+    manipulated_area: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict.value,
+            "probability": self.probability,
+            "ai_area": self.ai_area,
+            "manipulated_area": self.manipulated_area,
+        }
+
+
+def mask_area(mask_probability: np.ndarray, pixel_threshold: float) -> float:
+    """Fraction of pixels whose probability exceeds ``pixel_threshold``; accepts float [0,1] or uint8 [0,255]."""
+    mask = np.asarray(mask_probability)
+    if mask.dtype == np.uint8:
+        flagged = mask > round(pixel_threshold * 255)
+    else:
+        flagged = mask > pixel_threshold
+    return float(flagged.mean()) if flagged.size else 0.0
+
+
+def judge(
+    probability: float,
+    ai_mask: np.ndarray,
+    manipulation_mask: np.ndarray,
+    thresholds: VerdictThresholds | None = None,
+) -> Judgement:
+    """Verdict for one image from its AI probability and its two mask probability maps (H,W)."""
+    t = thresholds or VerdictThresholds()
+    probability = float(probability)
+    ai_area = mask_area(ai_mask, t.mask_pixel)
+    manipulated_area = mask_area(manipulation_mask, t.mask_pixel)
+    if abs(probability - t.ai_probability) < t.review_band:
+        verdict = Verdict.NEEDS_REVIEW
+    elif probability >= t.ai_probability:
+        verdict = Verdict.AI_GENERATED
+    elif manipulated_area > t.manipulated_area:
+        verdict = Verdict.MANIPULATED
+    else:
+        verdict = Verdict.REAL
+    return Judgement(verdict, probability, ai_area, manipulated_area)
