@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
 
 
-class Verdict(str, Enum):
+class Verdict(StrEnum):
     REAL = "real"
     AI_GENERATED = "ai-generated"
     MANIPULATED = "manipulated"

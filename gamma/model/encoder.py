@@ -80,7 +80,7 @@ class MixFFN(nn.Module):
 
     def forward(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
         hidden = self.fc1(tokens)
-        batch, length, channels = hidden.shape
+        batch, _, channels = hidden.shape
         grid = hidden.transpose(1, 2).reshape(batch, channels, height, width)
         hidden = F.gelu(self.dwconv(grid).flatten(2).transpose(1, 2))
         return self.dropout(self.fc2(self.dropout(hidden)))

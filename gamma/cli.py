@@ -1,0 +1,64 @@
+"""``gamma-classify``: classify image files or folders in-process and print a verdict per image.
+
+No queue, no database, no server: the detector library on its own. ``gamma-scan`` (worker/) is the full
+pipeline with a database and masks; this is the quickest way to ask the model about a few files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from gamma.inference import Detector
+from gamma.weights import DEFAULT_MODEL
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
+
+
+def expand(paths: tuple[Path, ...]) -> list[Path]:
+    """Files as given, and the image files under each folder (recursively, sorted)."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            files.append(path)
+    return files
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Checkpoint name or folder.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per image instead of a table.")
+def main(paths: tuple[Path, ...], model: str, as_json: bool) -> None:
+    """Classify PATHS (files or folders) as real, ai-generated, manipulated or needs-review."""
+    files = expand(paths)
+    if not files:
+        raise click.UsageError("no image files found")
+    detector = Detector.from_checkpoint(model)
+    results = detector.classify_files(files)
+    if as_json:
+        for result in results:
+            click.echo(json.dumps(result.to_dict()))
+        return
+    table = Table(title=f"{detector.backend.model_name} v{detector.backend.model_version}")
+    for column in ("image", "verdict", "p(AI)", "AI area", "manipulated area"):
+        table.add_column(column, justify="left" if column in ("image", "verdict") else "right")
+    for result in results:
+        if result.judgement is None:
+            assert result.error is not None
+            table.add_row(result.source, f"error: {result.error.reason}", "", "", "")
+        else:
+            j = result.judgement
+            table.add_row(
+                result.source, j.verdict.value, f"{j.probability:.3f}", f"{j.ai_area:.1%}", f"{j.manipulated_area:.1%}"
+            )
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()

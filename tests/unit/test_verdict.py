@@ -1,0 +1,49 @@
+"""Verdict rules: one module, thresholds from the checkpoint config."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gamma.verdict import Verdict, VerdictThresholds, judge, mask_area
+
+CLEAN = np.zeros((128, 128), dtype=np.uint8)
+
+
+def _mask(fraction: float) -> np.ndarray:
+    mask = np.zeros((100, 100), dtype=np.uint8)
+    mask.flat[: int(fraction * mask.size)] = 255
+    return mask
+
+
+@pytest.mark.parametrize(
+    ("probability", "manipulated", "expected"),
+    [
+        (0.95, 0.0, Verdict.AI_GENERATED),
+        (0.95, 0.5, Verdict.AI_GENERATED),  # AI wins over manipulation
+        (0.05, 0.0, Verdict.REAL),
+        (0.05, 0.005, Verdict.REAL),  # below the manipulated-area threshold (1 %)
+        (0.05, 0.2, Verdict.MANIPULATED),
+        (0.55, 0.0, Verdict.NEEDS_REVIEW),
+        (0.45, 0.3, Verdict.NEEDS_REVIEW),
+    ],
+)
+def test_verdict_table(probability: float, manipulated: float, expected: Verdict) -> None:
+    assert judge(probability, CLEAN, _mask(manipulated)).verdict is expected
+
+
+def test_areas_are_reported_for_uint8_and_float_masks() -> None:
+    judgement = judge(0.9, _mask(0.25), _mask(0.5))
+    assert judgement.ai_area == pytest.approx(0.25)
+    assert judgement.manipulated_area == pytest.approx(0.5)
+    assert mask_area(np.array([[0.2, 0.7], [0.9, 0.4]]), 0.5) == 0.5
+
+
+def test_thresholds_are_configurable_and_validated() -> None:
+    strict = VerdictThresholds(ai_probability=0.8, review_band=0.0)
+    assert judge(0.7, CLEAN, CLEAN, strict).verdict is Verdict.REAL
+    assert VerdictThresholds.from_dict(strict.to_dict()) == strict
+    with pytest.raises(ValueError, match="review_band"):
+        VerdictThresholds(review_band=0.6)
+    with pytest.raises(ValueError, match="ai_probability"):
+        VerdictThresholds(ai_probability=1.5)
