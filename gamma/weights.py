@@ -283,12 +283,16 @@ def load_checkpoint(name_or_path: str | Path = DEFAULT_MODEL, device: str | torc
     config = GammaConfig.from_json(directory / CONFIG_FILE)
     model = GammaModel(config)
     state = load_file(str(directory / WEIGHTS_FILE))
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshapen = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or misshapen:
         raise WeightsError(
-            f"{directory}: weights do not fit config {config.name}: missing {result.missing_keys[:3]}, "
-            f"unexpected {result.unexpected_keys[:3]}"
+            f"{directory}: weights do not fit config {config.name}: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}, wrong shape {misshapen[:3]}"
         )
+    model.load_state_dict(state)
     metadata = {}
     if (directory / METADATA_FILE).is_file():
         metadata = json.loads((directory / METADATA_FILE).read_text())

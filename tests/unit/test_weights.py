@@ -183,3 +183,10 @@ def test_checkpoint_round_trip_by_path_and_by_name(tmp_path: Path, monkeypatch: 
 def test_missing_checkpoint_names_the_search_path(tmp_path: Path) -> None:
     with pytest.raises(WeightsError, match="searched"):
         load_checkpoint(tmp_path / "nope")
+
+
+def test_checkpoint_whose_weights_do_not_fit_its_config_is_a_clear_error(tmp_path: Path) -> None:
+    save_checkpoint(GammaModel(preset("gamma-b0")), tmp_path / "m")
+    preset("gamma-b1").to_json(tmp_path / "m" / "config.json")
+    with pytest.raises(WeightsError, match="wrong shape"):
+        load_checkpoint(tmp_path / "m")
