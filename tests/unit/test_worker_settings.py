@@ -1,0 +1,47 @@
+"""Settings come from GAMMA_* variables, CLI options win, and unsafe delivery settings are refused at start."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker.settings import Settings
+
+
+def test_env_vars_with_the_prefix_set_fields_and_ints_are_parsed() -> None:
+    settings = Settings.from_env(
+        {"GAMMA_DB_URL": "postgresql://db/gamma", "GAMMA_CHUNK_SIZE": "7", "GAMMA_MASKS_URL": "s3://m/p", "OTHER": "x"}
+    )
+    assert settings.db_url == "postgresql://db/gamma"
+    assert settings.chunk_size == 7
+    assert settings.masks_url == "s3://m/p"
+    assert settings.broker_url == Settings().broker_url
+
+
+def test_overrides_beat_env_and_none_overrides_are_ignored() -> None:
+    env = {"GAMMA_MODEL": "from-env", "GAMMA_CHUNK_SIZE": "3"}
+    settings = Settings.from_env(env, model="from-cli", chunk_size=None)
+    assert settings.model == "from-cli"
+    assert settings.chunk_size == 3
+
+
+def test_as_env_reproduces_the_settings_in_a_child_process() -> None:
+    settings = Settings(db_url="sqlite:///x.db", chunk_size=5, triton_url="127.0.0.1:8001")
+    assert Settings.from_env(settings.as_env()) == settings
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"visibility_timeout_s": 300, "time_limit_s": 360},  # Redis would redeliver a task that is still running
+        {"soft_time_limit_s": 400, "time_limit_s": 360},
+        {"chunk_size": 0},
+    ],
+)
+def test_unsafe_combinations_are_refused(changes: dict[str, int]) -> None:
+    with pytest.raises(ValueError):
+        Settings(**changes)
+
+
+def test_malformed_integer_env_var_is_an_error() -> None:
+    with pytest.raises(ValueError):
+        Settings.from_env({"GAMMA_CHUNK_SIZE": "lots"})

@@ -1,0 +1,68 @@
+"""Mask files: PNG encoding, content-addressed names, and writing them to S3 or a folder.
+
+Masks are stored at the model's native resolution, 128x128 (stride 4 of the 512x512 preprocessed crop), as
+8-bit greyscale PNGs whose pixel value is the probability x 255 — exactly the tensor that crossed the wire.
+Upsampling to 512 would store 16x the pixels and no information; a viewer scales the PNG to the crop (and
+undoes the crop's resize/padding from the preprocessing contract) when it draws it.
+
+Names are derived from the image content and the model, ``{prefix}/{model}/v{version}/{sha[:2]}/{sha}/ai.png``:
+a redelivered task or a second scan of the same bytes overwrites the same two objects instead of leaving
+orphans, which is what makes writing masks before the database commit safe.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+from worker.storage import LocalSource, S3Source, parse_source
+
+PNG_TYPE = "image/png"
+KINDS = ("ai", "manipulation")
+
+
+class Sink(Protocol):
+    def put(self, key: str, data: bytes, content_type: str) -> str: ...
+
+
+def encode_png(mask: np.ndarray) -> bytes:
+    """uint8 (H, W) probabilities -> PNG bytes (lossless; a few hundred bytes for smooth masks)."""
+    array = np.ascontiguousarray(mask, dtype=np.uint8)
+    if array.ndim != 2:
+        raise ValueError(f"mask must be (H, W), got {array.shape}")
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode="L").save(buffer, format="PNG", compress_level=6)
+    return buffer.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("L"))
+
+
+def mask_key(sha256: str, model_name: str, model_version: int, kind: str) -> str:
+    return f"{model_name}/v{model_version}/{sha256[:2]}/{sha256}/{kind}.png"
+
+
+class MaskStore:
+    """Writes masks under one ``s3://bucket/prefix`` or folder and returns their URLs."""
+
+    def __init__(self, sink: Sink, prefix: str = "") -> None:
+        self.sink = sink
+        self.prefix = prefix.strip("/")
+
+    @classmethod
+    def from_url(cls, url: str, endpoint_url: str = "", region: str = "us-east-1") -> MaskStore:
+        target = parse_source(url, endpoint_url, region) if url.startswith(("s3://", "file://")) else None
+        if target is None:  # a bare name is a folder here: masks are never written to a bucket by accident
+            return cls(LocalSource(url))
+        if isinstance(target, S3Source):
+            return cls(target, target.prefix)
+        return cls(target)
+
+    def put(self, sha256: str, model_name: str, model_version: int, kind: str, mask: np.ndarray) -> str:
+        key = mask_key(sha256, model_name, model_version, kind)
+        return self.sink.put(f"{self.prefix}/{key}" if self.prefix else key, encode_png(mask), PNG_TYPE)

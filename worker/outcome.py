@@ -1,0 +1,72 @@
+"""One object's outcome in a scan: a verdict with its masks, or an error with a reason.
+
+Shared by the pipeline (which produces it), the records module (which stores it) and the CLIs (which print it),
+so the three never disagree on field names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from gamma.verdict import Verdict
+
+
+def unread_content_id(object_uri: str, reason: str) -> str:
+    """Identity of an object whose bytes were never read: stable per (location, reason), never a content hash.
+
+    The reason is part of it so that, say, a later ``retries-exhausted`` for a key does not rewrite the
+    ``missing`` result an earlier scan of that key points at.
+    """
+    return hashlib.sha256(f"gamma:unread:{reason}:{object_uri}".encode()).hexdigest()
+
+
+@dataclass
+class Outcome:
+    key: str
+    sha256: str
+    verdict: str
+    bytes_read: bool = True
+    etag: str = ""
+    size: int = -1
+    probability: float | None = None
+    ai_area: float | None = None
+    manipulated_area: float | None = None
+    ai_mask_url: str | None = None
+    manipulation_mask_url: str | None = None
+    error_reason: str | None = None
+    error_detail: str | None = None
+    fetch_ms: float | None = None
+    preprocess_ms: float | None = None
+    infer_ms: float | None = None
+
+    @classmethod
+    def failed(
+        cls, key: str, object_uri: str, reason: str, detail: str, sha256: str | None = None, **extra: Any
+    ) -> Outcome:
+        """An error outcome; without ``sha256`` the bytes were never read and the location stands in for them."""
+        return cls(
+            key=key,
+            sha256=sha256 or unread_content_id(object_uri, reason),
+            verdict=Verdict.ERROR.value,
+            bytes_read=sha256 is not None,
+            error_reason=reason,
+            error_detail=detail[:2000],
+            **extra,
+        )
+
+    @property
+    def is_error(self) -> bool:
+        return self.verdict == Verdict.ERROR.value
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        del data["bytes_read"]
+        if self.is_error:
+            for name in ("probability", "ai_area", "manipulated_area", "ai_mask_url", "manipulation_mask_url"):
+                data.pop(name)
+        else:
+            data.pop("error_reason")
+            data.pop("error_detail")
+        return data

@@ -1,0 +1,255 @@
+"""Writing outcomes and reading summaries: every statement the pipeline and the CLIs run against the database.
+
+Writes are upserts (``INSERT .. ON CONFLICT DO UPDATE`` in the SQLite or PostgreSQL dialect) keyed by the
+tables' natural keys, so running the same chunk twice — a redelivered task, a retry after a crash between
+commit and ack, a second scan — converges on the same rows. Rows of one statement are de-duplicated (PostgreSQL
+refuses to update a row twice in one statement) and sorted (concurrent upserts then lock rows in the same
+order and cannot deadlock each other).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from worker.db import Image, Result, Scan, ScanItem, utcnow
+from worker.outcome import Outcome
+
+ERROR = "error"
+
+
+def _insert(session: Session, table: Any) -> Any:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"upserts are written for sqlite and postgresql, not {dialect}")
+
+
+def _unique(rows: Iterable[dict[str, Any]], key: Sequence[str]) -> list[dict[str, Any]]:
+    """Last row per natural key, sorted by it."""
+    by_key = {tuple(row[k] for k in key): row for row in rows}
+    return [by_key[k] for k in sorted(by_key)]
+
+
+def create_scan(session: Session, source_uri: str, model_name: str) -> int:
+    scan = Scan(source_uri=source_uri, model_name=model_name, status="listing", total=0, processed=0, errors=0)
+    session.add(scan)
+    session.flush()
+    return scan.id
+
+
+def add_scan_items(session: Session, scan_id: int, keys: Iterable[str]) -> None:
+    """Register listed keys (idempotent: a key already in the scan keeps its result)."""
+    rows = _unique(({"scan_id": scan_id, "key": key, "updated_at": utcnow()} for key in keys), ("key",))
+    if rows:
+        session.execute(
+            _insert(session, ScanItem).values(rows).on_conflict_do_nothing(index_elements=["scan_id", "key"])
+        )
+
+
+def finish_listing(session: Session, scan_id: int, total: int) -> None:
+    session.execute(update(Scan).where(Scan.id == scan_id).values(total=total, status="running", listed_at=utcnow()))
+    refresh_scan(session, scan_id)
+
+
+def fail_scan(session: Session, scan_id: int, detail: str) -> None:
+    session.execute(update(Scan).where(Scan.id == scan_id).values(status="failed", detail=detail, finished_at=utcnow()))
+
+
+def record_outcomes(
+    session: Session, scan_id: int | None, bucket: str, model_name: str, model_version: int, outcomes: Sequence[Outcome]
+) -> dict[str, int]:
+    """Upsert images, results and scan items for one chunk; returns key -> result id. Caller owns the transaction."""
+    if not outcomes:
+        return {}
+    now = utcnow()
+    read = [o for o in outcomes if o.bytes_read]
+    image_ids: dict[tuple[str, str], int] = {}
+    if read:
+        image_rows = _unique(
+            (
+                {"bucket": bucket, "key": o.key, "sha256": o.sha256, "etag": o.etag, "size": o.size, "seen_at": now}
+                for o in read
+            ),
+            ("bucket", "key", "sha256"),
+        )
+        statement = _insert(session, Image).values(image_rows)
+        statement = statement.on_conflict_do_update(
+            index_elements=["bucket", "key", "sha256"],
+            set_={"etag": statement.excluded.etag, "size": statement.excluded.size, "seen_at": now},
+        ).returning(Image.id, Image.key, Image.sha256)
+        image_ids = {(key, sha): id_ for id_, key, sha in session.execute(statement)}
+
+    result_rows = _unique(
+        (
+            {
+                "sha256": o.sha256,
+                "model_name": model_name,
+                "model_version": model_version,
+                "image_id": image_ids.get((o.key, o.sha256)),
+                "verdict": o.verdict,
+                "probability": o.probability,
+                "ai_area": o.ai_area,
+                "manipulated_area": o.manipulated_area,
+                "ai_mask_url": o.ai_mask_url,
+                "manipulation_mask_url": o.manipulation_mask_url,
+                "error_reason": o.error_reason,
+                "error_detail": o.error_detail,
+                "fetch_ms": o.fetch_ms,
+                "preprocess_ms": o.preprocess_ms,
+                "infer_ms": o.infer_ms,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for o in outcomes
+        ),
+        ("sha256",),
+    )
+    statement = _insert(session, Result).values(result_rows)
+    updated = {
+        column: getattr(statement.excluded, column)
+        for column in result_rows[0]
+        if column not in ("sha256", "model_name", "model_version", "created_at")
+    }
+    statement = statement.on_conflict_do_update(
+        index_elements=["sha256", "model_name", "model_version"], set_=updated
+    ).returning(Result.id, Result.sha256)
+    result_ids = {sha: id_ for id_, sha in session.execute(statement)}
+
+    by_key = {o.key: o for o in outcomes}
+    if scan_id is not None:
+        item_rows = _unique(
+            (
+                {
+                    "scan_id": scan_id,
+                    "key": key,
+                    "image_id": image_ids.get((o.key, o.sha256)),
+                    "result_id": result_ids[o.sha256],
+                    "updated_at": now,
+                }
+                for key, o in by_key.items()
+            ),
+            ("key",),
+        )
+        statement = _insert(session, ScanItem).values(item_rows)
+        statement = statement.on_conflict_do_update(
+            index_elements=["scan_id", "key"],
+            set_={
+                "image_id": statement.excluded.image_id,
+                "result_id": statement.excluded.result_id,
+                "updated_at": now,
+            },
+        )
+        session.execute(statement)
+        if model_version > 0:  # 0: a failure recorded before the backend was reached; the model is unknown
+            session.execute(
+                update(Scan)
+                .where(Scan.id == scan_id, or_(Scan.model_version.is_(None), Scan.model_version == 0))
+                .values(model_name=model_name, model_version=model_version)
+            )
+        refresh_scan(session, scan_id)
+    return {key: result_ids[o.sha256] for key, o in by_key.items()}
+
+
+def unprocessed_keys(session: Session, scan_id: int, keys: Sequence[str]) -> list[str]:
+    """Those of ``keys`` that have no result in the scan yet (what a failed task still owes)."""
+    done = set(
+        session.scalars(
+            select(ScanItem.key).where(
+                ScanItem.scan_id == scan_id, ScanItem.key.in_(keys), ScanItem.result_id.is_not(None)
+            )
+        )
+    )
+    return [key for key in keys if key not in done]
+
+
+def refresh_scan(session: Session, scan_id: int) -> None:
+    """Recount a scan from its items and close it when every listed key has a result.
+
+    Counts are recomputed, never incremented, so a chunk recorded twice cannot count twice. The scan row is
+    locked first (``SELECT .. FOR UPDATE``; SQLite serialises writers anyway) so that the last two chunks of a
+    scan, committing at the same time, cannot both miss each other's items and leave the scan open.
+    """
+    scan = session.execute(select(Scan).where(Scan.id == scan_id).with_for_update()).scalar_one()
+    processed = session.scalar(select(func.count()).where(ScanItem.scan_id == scan_id, ScanItem.result_id.is_not(None)))
+    errors = session.scalar(
+        select(func.count())
+        .select_from(ScanItem)
+        .join(Result, Result.id == ScanItem.result_id)
+        .where(ScanItem.scan_id == scan_id, Result.verdict == ERROR)
+    )
+    scan.processed = int(processed or 0)
+    scan.errors = int(errors or 0)
+    if scan.status == "running" and scan.processed >= scan.total:
+        scan.status = "done"
+        scan.finished_at = scan.finished_at or utcnow()
+    session.flush()
+
+
+@dataclass
+class ScanSummary:
+    """What ``gamma-submit --wait`` and ``gamma-scan`` print at the end."""
+
+    scan_id: int
+    source_uri: str
+    status: str
+    model: str
+    total: int
+    processed: int
+    verdicts: Counter[str] = field(default_factory=Counter)
+    error_reasons: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.processed / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scan_id": self.scan_id,
+            "source": self.source_uri,
+            "status": self.status,
+            "model": self.model,
+            "total": self.total,
+            "processed": self.processed,
+            "verdicts": dict(self.verdicts),
+            "error_reasons": dict(self.error_reasons),
+            "seconds": round(self.seconds, 3),
+            "images_per_second": round(self.images_per_second, 3),
+        }
+
+
+def scan_summary(session: Session, scan_id: int) -> ScanSummary:
+    scan = session.get(Scan, scan_id, populate_existing=True)
+    if scan is None:
+        raise LookupError(f"no scan {scan_id}")
+    rows = session.execute(
+        select(Result.verdict, Result.error_reason, func.count())
+        .select_from(ScanItem)
+        .join(Result, Result.id == ScanItem.result_id)
+        .where(ScanItem.scan_id == scan_id)
+        .group_by(Result.verdict, Result.error_reason)
+    ).all()
+    summary = ScanSummary(
+        scan_id=scan.id,
+        source_uri=scan.source_uri,
+        status=scan.status,
+        model=f"{scan.model_name} v{scan.model_version}" if scan.model_version is not None else scan.model_name,
+        total=scan.total,
+        processed=scan.processed,
+    )
+    for verdict, reason, count in rows:
+        summary.verdicts[verdict] += count
+        if verdict == ERROR:
+            summary.error_reasons[reason or "unknown"] += count
+    end = scan.finished_at or utcnow()
+    summary.seconds = (end - scan.created_at).total_seconds()
+    return summary

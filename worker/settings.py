@@ -1,0 +1,84 @@
+"""Worker settings: every URL, bucket and knob the CLIs and the Celery tasks need, read from ``GAMMA_*`` env vars.
+
+One frozen dataclass, one prefix. The same object configures ``gamma-submit``, the Celery workers and
+``gamma-scan``, so a deployment sets environment variables once (e.g. in a compose file) and every process
+agrees on the database, the broker and where masks go. Validation happens here, at start-up, because a wrong
+combination (a visibility timeout shorter than the hard time limit) otherwise shows up hours later as tasks
+running twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from gamma.weights import DEFAULT_MODEL
+
+ENV_PREFIX = "GAMMA_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Configuration for the scan pipeline; field ``foo_bar`` is read from ``GAMMA_FOO_BAR``.
+
+    ``model`` is a checkpoint name or folder in-process, or the served model's name on Triton (the exporter
+    serves a checkpoint under its own name). ``triton_url`` (``host:grpc_port``) empty means the worker holds
+    the PyTorch model in-process (the embedded mode ``gamma-scan`` always uses). ``masks_url`` is
+    ``s3://bucket/prefix`` or a local folder. ``visibility_timeout_s`` is Redis' redelivery clock for
+    unacknowledged (acks-late) tasks: it must exceed the hard time limit (and the longest retry countdown, which
+    also waits unacknowledged), or a slow but healthy task is handed to a second worker while the first runs it.
+    """
+
+    db_url: str = "sqlite:///gamma.db"
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    queue: str = "gamma.scan"
+    triton_url: str = ""
+    triton_timeout_s: int = 30
+    s3_endpoint_url: str = ""
+    s3_region: str = "us-east-1"
+    masks_url: str = "masks"
+    model: str = DEFAULT_MODEL
+    chunk_size: int = 32
+    fetch_workers: int = 8
+    preprocess_workers: int = 2
+    torch_threads: int = 0  # 0: leave torch's default
+    max_pixels: int = 0  # 0: the preprocessing contract's default limit
+    max_bytes: int = 0
+    soft_time_limit_s: int = 300
+    time_limit_s: int = 360
+    visibility_timeout_s: int = 3600
+    max_retries: int = 5
+    retry_backoff_max_s: int = 300
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size={self.chunk_size} must be >= 1")
+        if not 0 < self.soft_time_limit_s < self.time_limit_s:
+            raise ValueError("need 0 < soft_time_limit_s < time_limit_s (the soft limit lets a task mark its images)")
+        if self.visibility_timeout_s <= self.time_limit_s + self.retry_backoff_max_s:
+            raise ValueError(
+                f"visibility_timeout_s={self.visibility_timeout_s} must exceed time_limit_s + retry_backoff_max_s "
+                f"({self.time_limit_s + self.retry_backoff_max_s}): Redis redelivers unacked tasks after it"
+            )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then ``GAMMA_*`` variables, then explicit ``overrides`` (CLI options) that are not None."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            raw = env.get(ENV_PREFIX + field.name.upper())
+            if raw is not None and raw != "":
+                values[field.name] = int(raw) if field.type in ("int", int) else raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def as_env(self) -> dict[str, str]:
+        """The ``GAMMA_*`` variables that reproduce these settings in a child process (a worker)."""
+        return {ENV_PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
