@@ -1,0 +1,245 @@
+"""``TritonBackend``: :class:`gamma.inference.InferenceBackend` over Triton's gRPC API.
+
+The worker holds this or an in-process backend and cannot tell them apart: same input (uint8 crops), same
+:class:`~gamma.inference.BatchOutputs`, and the thresholds come from the served model's config (written by
+``deploy/export_triton.py`` from the checkpoint), so a served version always decides with its own thresholds.
+
+Errors are typed for the caller's retry policy: :class:`TritonUnavailable` (server down, overloaded or too slow:
+retry later), :class:`ModelNotFound` (wrong name or version: retrying will not help), :class:`TritonInferenceError`
+(the server rejected the request).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from deploy.triton_config import thresholds_param
+from gamma import wire
+from gamma.inference import BatchOutputs, outputs_from_wire
+from gamma.verdict import VerdictThresholds
+from gamma.weights import DEFAULT_MODEL
+
+T = TypeVar("T")
+
+DEFAULT_URL = "127.0.0.1:8001"
+
+# gRPC status codes that mean "the server cannot answer now", not "the request is wrong".
+RETRYABLE_STATUS = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.RESOURCE_EXHAUSTED"}
+
+
+class TritonError(RuntimeError):
+    """Base of the Triton client errors."""
+
+    retryable = False
+
+
+class TritonUnavailable(TritonError):
+    """The server is down, unreachable, overloaded or did not answer within the timeout. Retry later."""
+
+    retryable = True
+
+
+class ModelNotFound(TritonError):
+    """The server has no such model, or not that version (or the model failed to load)."""
+
+
+class TritonInferenceError(TritonError):
+    """The server answered with an error that retrying will not fix (bad input, model error)."""
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What the server says about the model a backend talks to."""
+
+    name: str
+    version: int
+    max_batch_size: int
+    thresholds: VerdictThresholds
+
+
+def _translate(exc: InferenceServerException, what: str) -> TritonError:
+    status = exc.status() or ""
+    message = exc.message() or str(exc)
+    if status == "StatusCode.NOT_FOUND" or "unknown model" in message:
+        return ModelNotFound(f"{what}: {message}")
+    if status in RETRYABLE_STATUS:
+        return TritonUnavailable(f"{what}: {status.removeprefix('StatusCode.')}: {message}")
+    return TritonInferenceError(f"{what}: {status or 'error'}: {message}")
+
+
+class TritonBackend:
+    """Runs GAMMA on a Triton server. Safe to share between threads (one gRPC channel, which is thread-safe).
+
+    ``model_version=None`` follows whatever version the server serves (the newest under ``latest``); the
+    version, batch limit and thresholds are fetched on first use and refreshed when a response reports a
+    different version. ``timeout_s`` bounds every call, so a hung server costs at most that long.
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        model_name: str = DEFAULT_MODEL,
+        model_version: int | None = None,
+        timeout_s: float = 30.0,
+        metadata_timeout_s: float = 5.0,
+        thresholds: VerdictThresholds | None = None,
+    ) -> None:
+        self.url = url
+        self.model_name = model_name
+        self.requested_version = model_version
+        self.timeout_s = timeout_s
+        self.metadata_timeout_s = metadata_timeout_s
+        self._thresholds_override = thresholds
+        self._served: ServedModel | None = None
+        self._lock = threading.Lock()
+        # Reconnect quickly after an outage: gRPC's default backoff grows to 120 s, during which every call on the
+        # channel fails at once even though the server is back.
+        self._client = grpcclient.InferenceServerClient(
+            url,
+            channel_args=[
+                ("grpc.max_send_message_length", 2**31 - 1),
+                ("grpc.max_receive_message_length", 2**31 - 1),
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 2000),
+            ],
+        )
+
+    # --- InferenceBackend attributes (fetched from the server on first use) ---------------------------------
+
+    @property
+    def served(self) -> ServedModel:
+        with self._lock:
+            if self._served is None:
+                self._served = self._describe()
+            return self._served
+
+    @property
+    def model_version(self) -> int:
+        return self.served.version
+
+    @property
+    def thresholds(self) -> VerdictThresholds:
+        return self.served.thresholds
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.served.max_batch_size
+
+    # --- calls ----------------------------------------------------------------------------------------------
+
+    def _call(self, what: str, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except InferenceServerException as exc:
+            raise _translate(exc, f"{what} ({self.url}, model {self.model_name!r})") from exc
+
+    def _version_arg(self) -> str:
+        return "" if self.requested_version is None else str(self.requested_version)
+
+    def _describe(self) -> ServedModel:
+        timeout = self.metadata_timeout_s
+        metadata = self._call(
+            "model metadata",
+            self._client.get_model_metadata,
+            self.model_name,
+            self._version_arg(),
+            client_timeout=timeout,
+        )
+        if self.requested_version is not None:
+            version = self.requested_version
+        elif metadata.versions:
+            version = max(int(v) for v in metadata.versions)
+        else:
+            raise ModelNotFound(f"{self.model_name!r} on {self.url} has no ready version")
+        config = self._call(
+            "model config", self._client.get_model_config, self.model_name, str(version), client_timeout=timeout
+        ).config
+        self._check_contract(config)
+        if config.max_batch_size < 1:
+            raise TritonInferenceError(
+                f"{self.model_name!r}: max_batch_size {config.max_batch_size}; the GAMMA "
+                "contract has a batch axis (re-export with deploy/export_triton.py)"
+            )
+        return ServedModel(self.model_name, version, int(config.max_batch_size), self._read_thresholds(config, version))
+
+    def _check_contract(self, config: Any) -> None:
+        served = {t.name for t in (*config.input, *config.output)}
+        expected = {spec.name for spec in (*wire.INPUTS, *wire.OUTPUTS)}
+        if not expected <= served:
+            raise TritonInferenceError(
+                f"{self.model_name!r} serves {sorted(served)}, the wire contract needs "
+                f"{sorted(expected)}: not a GAMMA export, or an old one"
+            )
+
+    def _read_thresholds(self, config: Any, version: int) -> VerdictThresholds:
+        if self._thresholds_override is not None:
+            return self._thresholds_override
+        parameter = config.parameters.get(thresholds_param(version))
+        if parameter is None:
+            raise TritonInferenceError(
+                f"{self.model_name!r} v{version}: config has no {thresholds_param(version)} "
+                "parameter (export with deploy/export_triton.py, or pass thresholds=)"
+            )
+        return VerdictThresholds.from_dict(json.loads(parameter.string_value))
+
+    def _infer_chunk(self, images: np.ndarray) -> tuple[BatchOutputs, int]:
+        request = grpcclient.InferInput(wire.IMAGES.name, list(images.shape), wire.IMAGES.triton_dtype)
+        request.set_data_from_numpy(images)
+        outputs = [grpcclient.InferRequestedOutput(spec.name) for spec in wire.OUTPUTS]
+        result = self._call(
+            "infer",
+            self._client.infer,
+            self.model_name,
+            [request],
+            model_version=self._version_arg(),
+            outputs=outputs,
+            client_timeout=self.timeout_s,
+        )
+        arrays = [result.as_numpy(spec.name) for spec in wire.OUTPUTS]
+        if any(a is None for a in arrays):
+            raise TritonInferenceError(f"{self.model_name!r}: response lacks one of {[s.name for s in wire.OUTPUTS]}")
+        return outputs_from_wire(*arrays), int(result.get_response().model_version or 0)
+
+    def infer(self, images: np.ndarray) -> BatchOutputs:
+        """uint8 crops (B, 3, 512, 512) -> outputs; batches above the model's ``max_batch_size`` are split."""
+        images = np.ascontiguousarray(images)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != wire.IMAGES.shape or not len(images):
+            raise ValueError(
+                f"expected uint8 (B, {', '.join(map(str, wire.IMAGES.shape))}) with B >= 1, "
+                f"got {images.dtype} {images.shape}"
+            )
+        served = self.served
+        parts = []
+        for start in range(0, len(images), served.max_batch_size):
+            outputs, version = self._infer_chunk(images[start : start + served.max_batch_size])
+            parts.append(outputs)
+            if version and version != served.version:
+                with self._lock:  # the server moved to another version: its thresholds apply from now on
+                    self._served = None
+        if len(parts) == 1:
+            return parts[0]
+        return BatchOutputs(
+            *(np.concatenate([getattr(p, f) for p in parts]) for f in ("probability", "ai_mask", "manipulation_mask"))
+        )
+
+    def is_ready(self) -> bool:
+        """Whether the server and this model are ready (never raises; for health checks)."""
+        try:
+            return bool(
+                self._client.is_model_ready(
+                    self.model_name, self._version_arg(), client_timeout=self.metadata_timeout_s
+                )
+            )
+        except InferenceServerException:
+            return False
+
+    def close(self) -> None:
+        self._client.close()

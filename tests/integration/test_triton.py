@@ -1,0 +1,164 @@
+"""The exported model served by a real Triton server, through ``TritonBackend``, against the in-process model.
+
+One server per session (tests/fixtures/triton.py): the tiny random gamma-b0 checkpoint, python backend,
+max_batch_size 2. Tolerances are the export's parity tolerances: probability 1e-4 absolute, masks one uint8 step.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from deploy.onnx_export import MASK_MAX_STEP, PROBABILITY_ATOL
+from deploy.triton_client import ModelNotFound, TritonBackend, TritonUnavailable
+from deploy.triton_server import TritonServer, free_port
+from gamma import wire
+from gamma.inference import BatchOutputs, TorchBackend
+from gamma.weights import Checkpoint
+from tests.fixtures.triton import TRITON_MAX_BATCH
+
+pytestmark = pytest.mark.integration
+
+MODEL = "gamma-test"  # the tiny checkpoint's name
+
+
+def _crops(count: int) -> np.ndarray:
+    """Noise and smooth gradients: the two extremes of what a crop looks like to the encoder."""
+    rng = np.random.default_rng(7)
+    crops = rng.integers(0, 256, (count, *wire.IMAGES.shape), dtype=np.uint8)
+    ramp = np.linspace(0, 255, wire.IMAGES.shape[-1], dtype=np.float32)
+    for index in range(1, count, 2):
+        crops[index] = (ramp[None, None, :] * (index % 3 + 1) / 3 + ramp[None, :, None] / 4).astype(np.uint8)
+    return crops
+
+
+CROPS = _crops(TRITON_MAX_BATCH + 1)
+
+
+@pytest.fixture(scope="module")
+def expected(tiny_checkpoint: Checkpoint) -> BatchOutputs:
+    torch_backend = TorchBackend(tiny_checkpoint.model, tiny_checkpoint.config, MODEL, tiny_checkpoint.version)
+    return torch_backend.infer(CROPS)
+
+
+@pytest.fixture(scope="module")
+def backend(triton_server: TritonServer) -> Iterator[TritonBackend]:
+    backend = TritonBackend(triton_server.grpc_url, MODEL, timeout_s=60)
+    yield backend
+    backend.close()
+
+
+def _assert_close(actual: BatchOutputs, expected: BatchOutputs) -> None:
+    assert len(actual) == len(expected)
+    np.testing.assert_allclose(actual.probability, expected.probability, rtol=0, atol=PROBABILITY_ATOL)
+    for name in ("ai_mask", "manipulation_mask"):
+        got, want = getattr(actual, name), getattr(expected, name)
+        assert got.dtype == np.uint8 and got.shape == want.shape
+        assert np.abs(got.astype(np.int16) - want.astype(np.int16)).max() <= MASK_MAX_STEP, name
+
+
+def test_backend_describes_the_served_model(backend: TritonBackend, tiny_checkpoint: Checkpoint) -> None:
+    assert backend.model_version == tiny_checkpoint.version
+    assert backend.max_batch_size == TRITON_MAX_BATCH
+    assert backend.thresholds == tiny_checkpoint.config.thresholds
+    assert backend.is_ready()
+
+
+def test_served_outputs_match_in_process(backend: TritonBackend, expected: BatchOutputs) -> None:
+    served = backend.infer(CROPS[:TRITON_MAX_BATCH])
+    _assert_close(
+        served,
+        BatchOutputs(
+            *(getattr(expected, f)[:TRITON_MAX_BATCH] for f in ("probability", "ai_mask", "manipulation_mask"))
+        ),
+    )
+
+
+def test_request_above_max_batch_is_split(
+    backend: TritonBackend, expected: BatchOutputs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[int] = []
+    original = backend._infer_chunk
+
+    def spy(images: np.ndarray) -> tuple[BatchOutputs, int]:
+        sent.append(len(images))
+        return original(images)
+
+    monkeypatch.setattr(backend, "_infer_chunk", spy)
+    served = backend.infer(CROPS)
+    assert sent == [TRITON_MAX_BATCH, len(CROPS) - TRITON_MAX_BATCH]
+    _assert_close(served, expected)
+
+
+def _executions_by_batch_size(url: str) -> Counter[int]:
+    with grpcclient.InferenceServerClient(url) as client:
+        (stats,) = client.get_inference_statistics(MODEL).model_stats
+    return Counter({s.batch_size: s.compute_infer.count for s in stats.batch_stats})
+
+
+def test_concurrent_requests_are_batched_by_the_server(backend: TritonBackend, triton_server: TritonServer) -> None:
+    """Single-image requests from several threads at once leave the server as batches (its statistics say so)."""
+    requests = 2 * TRITON_MAX_BATCH
+    before = _executions_by_batch_size(triton_server.grpc_url)
+    start = threading.Barrier(requests)
+    results: dict[int, BatchOutputs] = {}
+
+    def one(index: int) -> None:
+        start.wait()
+        results[index] = backend.infer(CROPS[index % len(CROPS)][None])
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(requests)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert sorted(results) == list(range(requests))
+    delta = _executions_by_batch_size(triton_server.grpc_url) - before
+    assert sum(size * count for size, count in delta.items()) == requests  # every request ran exactly once
+    assert any(size > 1 for size in delta), f"no batched execution: {dict(delta)}"
+
+
+def test_server_down_is_unavailable_within_seconds() -> None:
+    backend = TritonBackend(f"127.0.0.1:{free_port()}", MODEL, timeout_s=5, metadata_timeout_s=2)
+    started = time.monotonic()
+    with pytest.raises(TritonUnavailable) as raised:
+        backend.infer(CROPS[:1])
+    assert time.monotonic() - started < 3
+    assert raised.value.retryable
+
+
+def test_unresponsive_server_is_unavailable_after_the_timeout() -> None:
+    """A peer that accepts connections and never answers (a hung server) costs the timeout, not forever."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        backend = TritonBackend(f"127.0.0.1:{port}", MODEL, timeout_s=1, metadata_timeout_s=1)
+        started = time.monotonic()
+        with pytest.raises(TritonUnavailable, match="DEADLINE_EXCEEDED"):
+            backend.infer(CROPS[:1])
+        assert time.monotonic() - started < 4
+
+
+def test_missing_version_or_model_is_model_not_found(backend: TritonBackend, triton_server: TritonServer) -> None:
+    for missing in (
+        TritonBackend(triton_server.grpc_url, MODEL, model_version=backend.model_version + 1),
+        TritonBackend(triton_server.grpc_url, "no-such-model"),
+    ):
+        with pytest.raises(ModelNotFound, match="not found") as raised:
+            missing.infer(CROPS[:1])
+        assert not raised.value.retryable
+
+
+def test_malformed_batch_is_rejected_before_sending(backend: TritonBackend) -> None:
+    with pytest.raises(ValueError, match="uint8"):
+        backend.infer(CROPS[:1].astype(np.float32))
+    with pytest.raises(ValueError, match="uint8"):
+        backend.infer(CROPS[:1, :, :256])
