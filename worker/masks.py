@@ -2,8 +2,9 @@
 
 Masks are stored at the model's native resolution, 128x128 (stride 4 of the 512x512 preprocessed crop), as
 8-bit greyscale PNGs whose pixel value is the probability x 255 — exactly the tensor that crossed the wire.
-Upsampling to 512 would store 16x the pixels and no information; a viewer scales the PNG to the crop (and
-undoes the crop's resize/padding from the preprocessing contract) when it draws it.
+Upsampling to 512 would store 16x the pixels and no information. A mask covers the crop the model saw, i.e.
+the centre 512x512 of the image after :mod:`gamma.preprocess` upsized its short side to 512 if it was
+smaller; a viewer scales the PNG by 4 and places it there.
 
 Names are derived from the image content and the model, ``{prefix}/{model}/v{version}/{sha[:2]}/{sha}/ai.png``:
 a redelivered task or a second scan of the same bytes overwrites the same two objects instead of leaving

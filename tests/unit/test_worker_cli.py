@@ -1,0 +1,83 @@
+"""gamma-scan end to end in-process, and gamma-submit against Celery's in-memory broker (no Redis)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from kombu import Connection
+from PIL import Image
+from sqlalchemy import select
+
+from gamma.weights import Checkpoint
+from worker.app import TASK_NAME, decode_refs
+from worker.cli import scan, submit
+from worker.db import Scan, ScanItem, make_engine, session_factory
+
+
+def _folder(root: Path) -> Path:
+    folder = root / "photos"
+    (folder / "sub").mkdir(parents=True)
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(folder / "red.jpg")
+    Image.new("RGB", (32, 32), (30, 200, 30)).save(folder / "sub" / "green.png")
+    (folder / "sub" / "empty.jpg").write_bytes(b"")
+    return folder
+
+
+def test_gamma_scan_prints_one_json_object_per_image_and_a_summary(
+    tmp_path: Path, tiny_checkpoint: Checkpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GAMMA_TRITON_URL", raising=False)
+    folder = _folder(tmp_path)
+    db = f"sqlite:///{tmp_path / 'scan.db'}"
+    args = [str(folder), "--db", db, "--json", "--model", str(tiny_checkpoint.path), "--masks", str(tmp_path / "m")]
+    result = CliRunner().invoke(scan, [*args, "--chunk-size", "2"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert sorted(line["key"] for line in lines) == ["red.jpg", "sub/empty.jpg", "sub/green.png"]
+    empty = next(line for line in lines if line["key"] == "sub/empty.jpg")
+    assert (empty["verdict"], empty["error_reason"]) == ("error", "empty")
+    judged = [line for line in lines if line["verdict"] != "error"]
+    assert all(Path(line["ai_mask_url"].removeprefix("file://")).is_file() for line in judged)
+    assert "images/s" in result.stderr and "processed / listed" in result.stderr
+    with session_factory(make_engine(db))() as session:
+        row = session.scalars(select(Scan)).one()
+    assert (row.status, row.processed, row.errors, row.model_name) == ("done", 3, 1, "gamma-test")
+
+
+def test_gamma_submit_records_the_scan_and_queues_json_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = _folder(tmp_path)
+    db = f"sqlite:///{tmp_path / 'submit.db'}"
+    monkeypatch.setenv("GAMMA_QUEUE", "test-submit")
+    result = CliRunner().invoke(submit, [str(folder), "--db", db, "--broker", "memory://", "--chunk-size", "2"])
+    assert result.exit_code == 0, result.output
+    scan_id = int(result.stdout.strip())
+    with session_factory(make_engine(db))() as session:
+        row = session.get(Scan, scan_id)
+        keys = session.scalars(select(ScanItem.key).where(ScanItem.scan_id == scan_id)).all()
+    assert row is not None and (row.status, row.total, row.source_uri) == ("running", 3, folder.resolve().as_uri())
+    assert sorted(keys) == ["red.jpg", "sub/empty.jpg", "sub/green.png"]
+    messages = []
+    with Connection("memory://") as connection:
+        queue = connection.SimpleQueue("test-submit")
+        while queue.qsize():
+            message = queue.get(timeout=1)
+            messages.append(message)
+            message.ack()
+        queue.close()
+    assert [m.headers["task"] for m in messages] == [TASK_NAME, TASK_NAME]
+    assert all(m.content_type == "application/json" for m in messages)
+    chunks = [m.decode()[0] for m in messages]  # body: (args, kwargs, embed)
+    assert [c[0] for c in chunks] == [scan_id, scan_id]
+    assert [ref.key for c in chunks for ref in decode_refs(c[2])] == ["red.jpg", "sub/empty.jpg", "sub/green.png"]
+
+
+def test_gamma_submit_of_a_missing_folder_fails_the_scan(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'submit.db'}"
+    result = CliRunner().invoke(submit, [str(tmp_path / "nope"), "--db", db, "--broker", "memory://"])
+    assert result.exit_code != 0
+    with session_factory(make_engine(db))() as session:
+        row = session.scalars(select(Scan)).one()
+    assert row.status == "failed" and "is not a folder" in (row.detail or "")

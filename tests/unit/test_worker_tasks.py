@@ -1,0 +1,115 @@
+"""The Celery task (run eagerly, no broker): it runs the pipeline, retries outages, and records giving up."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from deploy.triton_client import TritonUnavailable
+from gamma.inference import BatchOutputs, TorchBackend
+from gamma.verdict import VerdictThresholds
+from gamma.weights import Checkpoint
+from worker import tasks
+from worker.app import app, decode_refs, encode_refs
+from worker.db import Result, ScanItem
+from worker.records import scan_summary
+from worker.runtime import Runtime
+from worker.scans import list_into_scan, open_scan
+from worker.settings import Settings
+from worker.storage import LocalSource, ObjectRef
+
+
+class FailingBackend:
+    """A backend whose every call raises ``error`` (an outage, or a bug)."""
+
+    model_name = "gamma-test"
+    model_version = 1
+    thresholds = VerdictThresholds()
+    max_batch_size = 4
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.calls = 0
+
+    def infer(self, images: np.ndarray) -> BatchOutputs:
+        self.calls += 1
+        raise self.error
+
+
+@pytest.fixture(autouse=True)
+def eager() -> Iterator[None]:
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = False
+    tasks.use_runtime(None)
+
+
+def _scan(tmp_path: Path, backend: object, count: int = 3) -> tuple[Runtime, int, str, list[ObjectRef]]:
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index in range(count):
+        Image.new("RGB", (40 + index, 30), (index * 40, 10, 200)).save(folder / f"{index}.png")
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    settings = Settings(db_url=f"sqlite:///{tmp_path / 'gamma.db'}", masks_url=str(tmp_path / "masks"))
+    runtime = Runtime.create(settings, backend=backend)  # type: ignore[arg-type]
+    tasks.use_runtime(runtime)
+    source = LocalSource(folder)
+    scan_id = open_scan(runtime.sessions, source, "gamma-test")
+    refs: list[ObjectRef] = []
+    list_into_scan(runtime.sessions, scan_id, source, 100, refs.extend)
+    return runtime, scan_id, source.uri, refs
+
+
+def test_message_items_round_trip_through_json_friendly_lists() -> None:
+    refs = [ObjectRef("a/b.jpg", "etag", 12), ObjectRef("c.png", "", -1)]
+    assert decode_refs(encode_refs(refs)) == refs
+
+
+def test_the_task_runs_the_pipeline_and_records_the_chunk(tmp_path: Path, tiny_checkpoint: Checkpoint) -> None:
+    c = tiny_checkpoint
+    runtime, scan_id, uri, refs = _scan(tmp_path, TorchBackend(c.model, c.config, c.name, c.version), count=2)
+    result = tasks.scan_chunk.apply(args=[scan_id, uri, encode_refs(refs)])
+    assert result.successful() and result.get() == {"images": 3, "errors": 1}
+    with runtime.sessions() as session:
+        summary = scan_summary(session, scan_id)
+    assert summary.status == "done" and summary.error_reasons == {"undecodable": 1}
+
+
+def test_an_outage_is_retried_then_every_pending_image_is_marked_failed(tmp_path: Path) -> None:
+    backend = FailingBackend(TritonUnavailable("connection refused"))
+    runtime, scan_id, uri, refs = _scan(tmp_path, backend)
+    result = tasks.scan_chunk.apply(args=[scan_id, uri, encode_refs(refs)])
+    assert result.failed()
+    assert backend.calls == tasks.settings.max_retries + 1
+    with runtime.sessions() as session:
+        summary = scan_summary(session, scan_id)
+        rows = session.execute(
+            select(ScanItem.key, Result.error_reason, Result.error_detail).join(Result, Result.id == ScanItem.result_id)
+        ).all()
+    assert summary.status == "done"
+    assert summary.error_reasons == {"retries-exhausted": 4}  # the chunk never committed, broken.jpg included
+    assert all("TritonUnavailable" in detail for key, reason, detail in rows if reason == "retries-exhausted")
+
+
+def test_a_bug_is_not_retried_and_is_recorded_as_internal_error(tmp_path: Path) -> None:
+    backend = FailingBackend(RuntimeError("shape mismatch"))
+    runtime, scan_id, uri, refs = _scan(tmp_path, backend)
+    result = tasks.scan_chunk.apply(args=[scan_id, uri, encode_refs(refs)])
+    assert result.failed() and backend.calls == 1
+    with runtime.sessions() as session:
+        assert scan_summary(session, scan_id).error_reasons == {"internal-error": 4}
+
+
+def test_delivery_settings_are_the_safe_ones() -> None:
+    conf = app.conf
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost and conf.worker_prefetch_multiplier == 1
+    assert conf.accept_content == ["json"] and conf.task_serializer == "json"
+    assert conf.broker_transport_options["visibility_timeout"] > conf.task_time_limit > conf.task_soft_time_limit
+    task = tasks.scan_chunk
+    assert task.autoretry_for == tasks.TRANSIENT_ERRORS and task.retry_backoff and task.retry_jitter

@@ -1,0 +1,108 @@
+"""``gamma-submit`` (queue a bucket prefix for the Celery workers) and ``gamma-scan`` (the same pipeline in-process).
+
+    gamma-submit my-bucket/uploads/2024-06 --wait
+    gamma-scan ./photos --json > verdicts.jsonl
+
+Both take ``BUCKET/PREFIX``, ``s3://BUCKET/PREFIX`` or a local folder; both record a scan in the database
+(``GAMMA_DB_URL``) and print its summary. ``gamma-scan`` needs no Redis and no Triton: it holds the PyTorch
+model itself, writes masks to a local folder unless told otherwise, and runs each chunk through the very
+function a Celery task runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+from rich.console import Console
+
+from worker.app import TASK_NAME, create_app, encode_refs
+from worker.db import make_engine, migrate, session_factory
+from worker.report import print_summary, progress_bar, wait_for_scan
+from worker.scans import list_into_scan, open_scan
+from worker.settings import Settings
+from worker.storage import ObjectRef, parse_source
+
+HELP = {"help_option_names": ["-h", "--help"]}
+
+
+@click.command(context_settings=HELP)
+@click.argument("target")
+@click.option("--db", "db_url", default=None, help="Database URL [env GAMMA_DB_URL; default sqlite:///gamma.db].")
+@click.option("--broker", "broker_url", default=None, help="Celery broker URL [env GAMMA_BROKER_URL].")
+@click.option("--model", default=None, help="Model name recorded on the scan [env GAMMA_MODEL].")
+@click.option("--chunk-size", type=click.IntRange(1), default=None, help="Images per task [env GAMMA_CHUNK_SIZE].")
+@click.option("--wait", is_flag=True, help="Show progress until the scan is done, then a summary.")
+@click.option("--timeout", type=float, default=24 * 3600, show_default=True, help="Seconds --wait waits at most.")
+def submit(
+    target: str,
+    db_url: str | None,
+    broker_url: str | None,
+    model: str | None,
+    chunk_size: int | None,
+    wait: bool,
+    timeout: float,
+) -> None:
+    """List TARGET (BUCKET/PREFIX, s3://BUCKET/PREFIX or a folder), record a scan, queue it; print the scan id."""
+    settings = Settings.from_env(db_url=db_url, broker_url=broker_url, model=model, chunk_size=chunk_size)
+    engine = make_engine(settings.db_url)
+    migrate(engine)
+    sessions = session_factory(engine)
+    source = parse_source(target, settings.s3_endpoint_url, settings.s3_region)
+    producer = create_app(settings)
+    scan_id = open_scan(sessions, source, settings.model)
+
+    def dispatch(chunk: list[ObjectRef]) -> None:
+        producer.send_task(TASK_NAME, args=[scan_id, source.uri, encode_refs(chunk)], queue=settings.queue)
+
+    try:
+        total = list_into_scan(sessions, scan_id, source, settings.chunk_size, dispatch)
+    finally:
+        producer.close()
+    click.echo(scan_id)
+    console = Console(stderr=True)
+    console.print(f"scan {scan_id}: {total} objects under {source.uri} queued in chunks of {settings.chunk_size}")
+    if wait:
+        if not wait_for_scan(sessions, scan_id, console, timeout):
+            raise click.ClickException(f"scan {scan_id} not done after {timeout:.0f} s (it goes on in the workers)")
+        print_summary(sessions, scan_id, console)
+    engine.dispose()
+
+
+@click.command(context_settings=HELP)
+@click.argument("target")
+@click.option("--db", "db_url", default=None, help="Database URL [env GAMMA_DB_URL; default sqlite:///gamma.db].")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per image on stdout (progress on stderr).")
+@click.option("--model", default=None, help="Checkpoint name or folder [env GAMMA_MODEL; default gamma-local-b0].")
+@click.option("--masks", "masks_url", default=None, help="Mask folder or s3://bucket/prefix [default ./masks].")
+@click.option("--chunk-size", type=click.IntRange(1), default=None, help="Images per chunk [env GAMMA_CHUNK_SIZE].")
+def scan(
+    target: str, db_url: str | None, as_json: bool, model: str | None, masks_url: str | None, chunk_size: int | None
+) -> None:
+    """Scan TARGET (a folder, BUCKET/PREFIX or s3://BUCKET/PREFIX) in this process: no Redis, no Triton."""
+    from worker.pipeline import run_chunk  # torch is imported only by the command that runs the model
+    from worker.runtime import Runtime
+
+    settings = Settings.from_env(db_url=db_url, model=model, masks_url=masks_url, chunk_size=chunk_size, triton_url="")
+    runtime = Runtime.create(settings)
+    model_name = runtime.backend.model_name  # loads the model now: a missing checkpoint fails before the scan
+    source = runtime.source(target)
+    scan_id = open_scan(runtime.sessions, source, model_name)
+    console = Console(stderr=True)
+    with progress_bar(console) as progress:
+        task = progress.add_task(f"scan {scan_id}", total=None, rate=0.0)
+
+        def dispatch(chunk: list[ObjectRef]) -> None:
+            outcomes = run_chunk(runtime, source.uri, chunk, scan_id)
+            if as_json:
+                for outcome in outcomes:
+                    sys.stdout.write(json.dumps({"scan_id": scan_id, **outcome.to_dict()}) + "\n")
+                sys.stdout.flush()
+            elapsed = progress.tasks[0].elapsed or 1e-9
+            progress.update(task, advance=len(outcomes), rate=progress.tasks[0].completed / elapsed)
+
+        total = list_into_scan(runtime.sessions, scan_id, source, settings.chunk_size, dispatch)
+        progress.update(task, total=total)
+    print_summary(runtime.sessions, scan_id, console)
+    runtime.close()

@@ -1,0 +1,78 @@
+"""What people see: the progress of a scan and its summary table (rich, on stderr when stdout carries JSON)."""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from sqlalchemy.orm import sessionmaker
+
+from worker.db import Scan
+from worker.records import ScanSummary, scan_summary
+
+VERDICT_ORDER = ("real", "ai-generated", "manipulated", "needs-review", "error")
+
+
+def progress_bar(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:.1f} img/s"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def wait_for_scan(sessions: sessionmaker, scan_id: int, console: Console, timeout: float, poll: float = 0.5) -> bool:
+    """Poll the scan's row until it is done or failed (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+    with progress_bar(console) as progress:
+        task = progress.add_task(f"scan {scan_id}", total=None, rate=0.0)
+        while True:
+            with sessions() as session:
+                scan = session.get(Scan, scan_id)
+                assert scan is not None
+                status, total, processed = scan.status, scan.total, scan.processed
+            elapsed = max(time.monotonic() - start, 1e-9)
+            progress.update(
+                task,
+                total=total if status != "listing" else None,
+                completed=processed,
+                rate=processed / elapsed,
+                description=f"scan {scan_id} ({status})",
+            )
+            if status in ("done", "failed"):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(poll)
+
+
+def summary_table(summary: ScanSummary) -> Table:
+    table = Table(title=f"scan {summary.scan_id}: {summary.source_uri} ({summary.status}, {summary.model})")
+    table.add_column("verdict")
+    table.add_column("images", justify="right")
+    table.add_column("share", justify="right")
+    processed = max(summary.processed, 1)
+    for verdict in (*VERDICT_ORDER, *sorted(set(summary.verdicts) - set(VERDICT_ORDER))):
+        count = summary.verdicts.get(verdict, 0)
+        if count or verdict != "error":
+            table.add_row(verdict, str(count), f"{count / processed:.1%}")
+    for reason, count in sorted(summary.error_reasons.items()):
+        table.add_row(f"  error: {reason}", str(count), f"{count / processed:.1%}")
+    table.add_section()
+    table.add_row("processed / listed", f"{summary.processed} / {summary.total}", "")
+    table.add_row("images/s", f"{summary.images_per_second:.2f}", f"{summary.seconds:.1f} s")
+    return table
+
+
+def print_summary(sessions: sessionmaker, scan_id: int, console: Console) -> ScanSummary:
+    with sessions() as session:
+        summary = scan_summary(session, scan_id)
+    console.print(summary_table(summary))
+    return summary

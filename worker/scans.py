@@ -1,0 +1,55 @@
+"""Turning a source into a scan: list it (streamed), register its keys chunk by chunk, hand each chunk on.
+
+``gamma-submit`` hands chunks to Celery; ``gamma-scan`` runs them right away. Keys are registered in the scan
+before their chunk is handed on, and the total is written only when the listing is complete, so a scan is
+``done`` exactly when every listed key has a result — never while the listing is still going.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
+
+from sqlalchemy.orm import sessionmaker
+
+from worker.records import add_scan_items, create_scan, fail_scan, finish_listing
+from worker.storage import LocalSource, ObjectRef, S3Source
+
+
+def chunked(refs: Iterable[ObjectRef], size: int) -> Iterator[list[ObjectRef]]:
+    iterator = iter(refs)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def open_scan(sessions: sessionmaker, source: S3Source | LocalSource, model_name: str) -> int:
+    with sessions.begin() as session:
+        return create_scan(session, source.uri, model_name)
+
+
+def list_into_scan(
+    sessions: sessionmaker,
+    scan_id: int,
+    source: S3Source | LocalSource,
+    chunk_size: int,
+    dispatch: Callable[[list[ObjectRef]], None],
+) -> int:
+    """List ``source`` into scan ``scan_id`` and call ``dispatch`` per chunk; returns the number of keys.
+
+    If listing or dispatching fails (no such bucket, S3 or the broker down) the scan is marked ``failed`` with
+    the reason and the error propagates; chunks already dispatched still complete.
+    """
+    total = 0
+    try:
+        for chunk in chunked(source.list(), chunk_size):
+            with sessions.begin() as session:
+                add_scan_items(session, scan_id, [ref.key for ref in chunk])
+            dispatch(chunk)
+            total += len(chunk)
+    except Exception as error:
+        with sessions.begin() as session:
+            fail_scan(session, scan_id, f"listing {source.uri} failed after {total} keys: {error}")
+        raise
+    with sessions.begin() as session:
+        finish_listing(session, scan_id, total)
+    return total

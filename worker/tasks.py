@@ -1,0 +1,125 @@
+"""Celery tasks: one message = one chunk of object keys of one scan, run through :func:`worker.pipeline.run_chunk`.
+
+Retry policy, decided here once:
+- transient service errors (S3 throttling or connection trouble, the database unreachable or locked, Triton
+  unavailable) retry the whole chunk with exponential backoff and jitter, at most ``max_retries`` times;
+- bad input never raises (the pipeline turns it into error results), so it is never retried;
+- a backend that answers "no such model" or rejects the request is misconfigured: no retry;
+- anything else is a bug and is not retried either.
+When a task gives up, :meth:`ChunkTask.on_failure` records ``verdict=error`` for the chunk's images still without
+a result (reason ``retries-exhausted``, ``time-limit``, ``backend-error`` or ``internal-error``), so the scan
+completes and says why.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from billiard.einfo import ExceptionInfo
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown
+from sqlalchemy.exc import OperationalError
+
+from deploy.triton_client import TritonError, TritonUnavailable
+from worker.app import TASK_NAME, app, decode_refs, settings
+from worker.db import make_engine, migrate
+from worker.pipeline import mark_failed, run_chunk
+from worker.runtime import Runtime
+from worker.storage import StorageUnavailable
+
+log = logging.getLogger(__name__)
+
+# "A service is unavailable right now": the exceptions worth retrying a whole chunk for.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (StorageUnavailable, OperationalError, TritonUnavailable)
+
+_runtime: Runtime | None = None
+
+
+def get_runtime() -> Runtime:
+    """This process's runtime, built on first use (after the prefork fork, never before).
+
+    It does not migrate: the worker's main process did that once at start (:func:`_migrate`).
+    """
+    global _runtime
+    if _runtime is None:
+        _runtime = Runtime.create(settings, migrate_db=False)
+    return _runtime
+
+
+def use_runtime(runtime: Runtime | None) -> None:
+    """Make the tasks in this process use ``runtime`` (tests and benchmarks inject a backend this way)."""
+    global _runtime
+    _runtime = runtime
+
+
+@worker_init.connect
+def _migrate(**_: Any) -> None:
+    """``alembic upgrade head`` once per worker, in the main process before the pool forks (children racing to
+    create the same tables on SQLite would fail). The engine is disposed so no connection crosses the fork."""
+    engine = make_engine(settings.db_url)
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()
+
+
+@worker_process_init.connect
+def _warm_up(**_: Any) -> None:
+    """Load the model (or set up the Triton client) as the child starts, not inside its first task's time limit.
+
+    A failure here is logged, not raised: the first task builds the runtime again and its retry policy applies.
+    """
+    try:
+        get_runtime().detector  # noqa: B018  (the property builds the backend)
+    except Exception:
+        log.exception("could not prepare the runtime at worker start; the first task will try again")
+        use_runtime(None)
+
+
+@worker_process_shutdown.connect
+def _close_runtime(**_: Any) -> None:
+    if _runtime is not None:
+        _runtime.close()
+
+
+def failure_reason(exc: BaseException) -> str:
+    if isinstance(exc, TRANSIENT_ERRORS):
+        return "retries-exhausted"
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return "time-limit"
+    if isinstance(exc, TritonError):  # wrong model name or version, request rejected: configuration, not a bug
+        return "backend-error"
+    return "internal-error"
+
+
+class ChunkTask(Task):
+    """Records the chunk's images as failed when the task gives up for good."""
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], einfo: ExceptionInfo
+    ) -> None:
+        scan_id, source_uri, items = args
+        reason = failure_reason(exc)
+        log.error("chunk %s of scan %s failed for good (%s): %r", task_id, scan_id, reason, exc)
+        try:
+            mark_failed(get_runtime(), source_uri, decode_refs(items), scan_id, reason, f"{type(exc).__name__}: {exc}")
+        except Exception:  # the database itself may be what failed; the log line above is all we can leave
+            log.exception("could not record the failure of chunk %s of scan %s", task_id, scan_id)
+
+
+@app.task(
+    bind=True,
+    base=ChunkTask,
+    name=TASK_NAME,
+    autoretry_for=TRANSIENT_ERRORS,
+    retry_backoff=True,
+    retry_backoff_max=settings.retry_backoff_max_s,
+    retry_jitter=True,
+    max_retries=settings.max_retries,
+)
+def scan_chunk(self: Task, scan_id: int | None, source_uri: str, items: list[list[Any]]) -> dict[str, int]:
+    """Classify and record one chunk; returns counts (for logs: results live in the database)."""
+    outcomes = run_chunk(get_runtime(), source_uri, decode_refs(items), scan_id)
+    return {"images": len(outcomes), "errors": sum(o.is_error for o in outcomes)}
