@@ -1,0 +1,273 @@
+"""Images/s of a whole scan (gamma-submit -> Redis -> Celery workers -> backend -> masks -> DB) vs the raw backend.
+
+    python bench/scan.py [--images 48] [--repeats 2] [--workers 2] [--torch-threads 1] [--chunk-size 4] [--triton]
+
+Raw: the same backend, deployed as the workers deploy it, fed the same images already preprocessed and cut into
+the same batches, with nothing around inference. For PyTorch that is ``--workers`` processes of
+``--torch-threads`` threads each (Python threads in one process reach about one process's speed, which would
+flatter the scan); for Triton, ``--workers`` client threads on one server. Scan: the real path — ``gamma-submit
+FOLDER --wait`` in a subprocess, a Redis server, ``celery worker --pool=prefork -c W`` — timed by the scan's own
+clock in the database (scan row created -> last chunk committed), after a warm-up scan so the workers have their
+model loaded. The ratio scan/raw is the price of everything around inference: listing, queueing, fetching,
+decoding, PNG masks, the database; the target is >= 0.95.
+
+``--triton`` exports the checkpoint (python backend) and serves it with the local Triton server; the workers
+then hold a ``TritonBackend`` (``--torch-threads`` is ignored). Without ``--model`` a random-weight gamma-b0 is
+used: throughput does not depend on the weights. Raw and scan runs alternate (raw, scan, raw, scan, raw) and
+medians are compared, so background load on a shared machine hits both sides alike. Sources are a local folder
+(S3 through moto would add moto's own CPU to the 2 cores being measured) and the database is SQLite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import multiprocessing as mp
+import os
+import queue
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from sqlalchemy import func, select
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # the server helpers live with the test fixtures (tests/ is not an installed package)
+
+from gamma.config import preset  # noqa: E402
+from gamma.inference import InferenceBackend, TorchBackend  # noqa: E402
+from gamma.model import GammaModel  # noqa: E402
+from gamma.preprocess import preprocess  # noqa: E402
+from gamma.weights import Checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
+from tests.fixtures.services import celery_worker, redis_server  # noqa: E402
+from worker.db import Result, ScanItem, make_engine, session_factory  # noqa: E402
+from worker.records import scan_summary  # noqa: E402
+
+
+def make_images(folder: Path, count: int, width: int, height: int, seed: int) -> list[Path]:
+    """Photos-like JPEGs (gradients, shapes, sensor noise) so decoding costs what real uploads cost."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(count):
+        ramp = np.linspace(0, 1, width)[None, :, None] * rng.integers(60, 200, 3)
+        base = (ramp + np.linspace(0, 1, height)[:, None, None] * rng.integers(0, 60, 3)).astype(np.uint8)
+        image = Image.fromarray(base)
+        draw = ImageDraw.Draw(image)
+        for _ in range(12):
+            x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
+            r = int(rng.integers(10, max(11, width // 6)))
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+        noisy = np.clip(np.asarray(image, np.int16) + rng.normal(0, 6, (height, width, 3)), 0, 255).astype(np.uint8)
+        path = folder / f"{index:04d}.jpg"
+        buffer = io.BytesIO()
+        Image.fromarray(noisy).save(buffer, format="JPEG", quality=90)
+        path.write_bytes(buffer.getvalue())
+        paths.append(path)
+    return paths
+
+
+def random_checkpoint(folder: Path) -> Checkpoint:
+    torch.manual_seed(0)
+    save_checkpoint(GammaModel(preset("gamma-b0")).eval(), folder, {"name": folder.name, "version": 1})
+    return load_checkpoint(folder)
+
+
+def _batches(count: int, chunk_size: int, max_batch: int) -> list[tuple[int, int]]:
+    """(start, stop) of every batch the scan sends: chunks of ``chunk_size`` cut to ``max_batch``."""
+    size = min(chunk_size, max_batch)
+    return [
+        (offset, min(offset + size, chunk + chunk_size, count))
+        for chunk in range(0, count, chunk_size)
+        for offset in range(chunk, min(chunk + chunk_size, count), size)
+    ]
+
+
+def _raw_torch_process(checkpoint: str, threads: int, crops_file: str, todo: Any, barrier: Any, times: Any) -> None:
+    """One of the raw side's processes: the model with the workers' thread count, fed batches until none are left."""
+    torch.set_num_threads(threads)
+    backend = TorchBackend.from_checkpoint(checkpoint)
+    crops = np.load(crops_file, mmap_mode="r")
+    backend.infer(np.array(crops[:1]))  # warm-up
+    barrier.wait()
+    start = time.perf_counter()
+    while (batch := todo.get()) is not None:
+        backend.infer(np.array(crops[batch[0] : batch[1]]))  # a copy, as a worker's batch is freshly stacked
+    times.put((start, time.perf_counter()))
+
+
+def raw_torch(checkpoint: Path, crops_file: Path, batches: list[tuple[int, int]], workers: int, threads: int) -> float:
+    """Images/s of the PyTorch backend as the workers hold it — ``workers`` processes of ``threads`` threads —
+    on the scan's batches, with nothing around inference. (Python threads in one process would not do: they
+    reach about one process's speed, which would flatter the scan.)"""
+    context = mp.get_context("spawn")
+    todo, times, barrier = context.Queue(), context.Queue(), context.Barrier(workers + 1)
+    for batch in batches:
+        todo.put(batch)
+    for _ in range(workers):
+        todo.put(None)
+    args = (str(checkpoint), threads, str(crops_file), todo, barrier, times)
+    processes = [context.Process(target=_raw_torch_process, args=args) for _ in range(workers)]
+    for process in processes:
+        process.start()
+    barrier.wait()
+    spans = [times.get() for _ in processes]
+    for process in processes:
+        process.join()
+    return batches[-1][1] / (max(end for _, end in spans) - min(start for start, _ in spans))
+
+
+def raw_threads(backend: InferenceBackend, crops: np.ndarray, chunk_size: int, concurrency: int) -> float:
+    """Images/s of a served backend (Triton) on the scan's batches from ``concurrency`` client threads."""
+    batches: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
+    for batch in _batches(len(crops), chunk_size, backend.max_batch_size):
+        batches.put(batch)
+    for _ in range(concurrency):
+        backend.infer(crops[:1])
+
+    def drain() -> None:
+        while True:
+            try:
+                first, stop = batches.get_nowait()
+            except queue.Empty:
+                return
+            backend.infer(crops[first:stop])
+
+    threads = [threading.Thread(target=drain) for _ in range(concurrency)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return len(crops) / (time.perf_counter() - start)
+
+
+def submit_and_wait(folder: Path, env: dict[str, str]) -> int:
+    """``gamma-submit FOLDER --wait`` as a user runs it; returns the scan id."""
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "gamma-submit"), str(folder), "--wait", "--timeout", "1800"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"gamma-submit failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return int(done.stdout.strip().splitlines()[-1])
+
+
+@contextmanager
+def triton_serving(checkpoint: Checkpoint, workdir: Path, max_batch: int) -> Iterator[str]:
+    from deploy.export_triton import ExportOptions, export_to_repository
+    from deploy.triton_server import TritonServer, free_port
+
+    repository = workdir / "model_repository"
+    export_to_repository(checkpoint, repository, ExportOptions(backend="python", max_batch_size=max_batch))
+    server = TritonServer(repository, http_port=free_port(), grpc_port=free_port(), log_file=workdir / "triton.log")
+    with server:
+        yield server.grpc_url
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=48)
+    parser.add_argument("--repeats", type=int, default=2, help="scans; raw runs before, between and after them")
+    parser.add_argument("--size", default="1024x768", help="WIDTHxHEIGHT of the generated JPEGs")
+    parser.add_argument("--workers", type=int, default=2, help="Celery worker processes (prefork -c)")
+    parser.add_argument("--torch-threads", type=int, default=1, help="torch threads per worker process")
+    parser.add_argument("--chunk-size", type=int, default=4)
+    parser.add_argument("--model", help="checkpoint name or folder (default: random-weight gamma-b0)")
+    parser.add_argument("--triton", action="store_true", help="serve the model with the local Triton server")
+    args = parser.parse_args(argv)
+    width, height = (int(v) for v in args.size.split("x"))
+
+    with tempfile.TemporaryDirectory(prefix="bench-scan-") as tmp, ExitStack() as stack:
+        work = Path(tmp)
+        checkpoint = load_checkpoint(args.model) if args.model else random_checkpoint(work / "gamma-bench")
+        paths = make_images(work / "images", args.images, width, height, seed=1)
+        warmup = make_images(work / "warmup", 2 * args.workers * args.chunk_size, width, height, seed=2)
+        print(f"{len(paths)} JPEGs {width}x{height}, {sum(p.stat().st_size for p in paths) / 1e6:.1f} MB; "
+              f"{len(warmup)} more to warm up; load average {os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
+
+        start = time.perf_counter()
+        crops = np.stack([preprocess(path.read_bytes()) for path in paths])
+        preprocess_ms = (time.perf_counter() - start) * 1000 / len(paths)
+        crops_file = work / "crops.npy"
+        np.save(crops_file, crops)
+
+        env = {
+            "GAMMA_DB_URL": f"sqlite:///{work / 'bench.db'}",
+            "GAMMA_MASKS_URL": str(work / "masks"),
+            "GAMMA_CHUNK_SIZE": str(args.chunk_size),
+            "GAMMA_QUEUE": f"bench.{os.getpid()}",
+            "GAMMA_PREPROCESS_WORKERS": "1",
+            "GAMMA_FETCH_WORKERS": "2",
+        }
+        if args.triton:
+            from deploy.triton_client import TritonBackend
+
+            env["GAMMA_TRITON_URL"] = stack.enter_context(triton_serving(checkpoint, work, args.chunk_size))
+            env["GAMMA_MODEL"] = checkpoint.name
+            triton = TritonBackend(env["GAMMA_TRITON_URL"], checkpoint.name, timeout_s=120)
+
+            def raw() -> float:
+                return raw_threads(triton, crops, args.chunk_size, args.workers)
+        else:
+            assert checkpoint.path is not None
+            env["GAMMA_MODEL"] = str(checkpoint.path)
+            env["GAMMA_TORCH_THREADS"] = str(args.torch_threads)
+            max_batch = TorchBackend(checkpoint.model, checkpoint.config, checkpoint.name).max_batch_size
+            batches = _batches(len(crops), args.chunk_size, max_batch)
+
+            def raw() -> float:
+                return raw_torch(checkpoint.path, crops_file, batches, args.workers, args.torch_threads)
+
+        env["GAMMA_BROKER_URL"] = stack.enter_context(redis_server(work))
+        raws: list[float] = []
+        scan_ids: list[int] = []
+        for repeat in range(args.repeats):  # interleaved, so drifting background load hits both sides alike
+            raws.append(raw())
+            print(f"raw {repeat + 1}: {raws[-1]:.2f} images/s", flush=True)
+            with celery_worker(env, work, concurrency=args.workers, queue=env["GAMMA_QUEUE"]):
+                submit_and_wait(work / "warmup", env)
+                scan_ids.append(submit_and_wait(work / "images", env))
+        raws.append(raw())
+        print(f"raw {len(raws)}: {raws[-1]:.2f} images/s", flush=True)
+
+        sessions = session_factory(make_engine(env["GAMMA_DB_URL"]))
+        with sessions() as session:
+            summaries = [scan_summary(session, scan_id) for scan_id in scan_ids]
+            stages = session.execute(
+                select(func.avg(Result.fetch_ms), func.avg(Result.preprocess_ms), func.avg(Result.infer_ms))
+                .select_from(ScanItem)
+                .join(Result, Result.id == ScanItem.result_id)
+                .where(ScanItem.scan_id == scan_ids[-1])
+            ).one()
+        scans = [summary.images_per_second for summary in summaries]
+        raw_rate, scan_rate = statistics.median(raws), statistics.median(scans)
+        ratio = scan_rate / raw_rate
+        kind = f"Triton ({env['GAMMA_TRITON_URL']})" if args.triton else f"PyTorch, {args.torch_threads} thread(s)"
+        print()
+        print(f"backend            {kind}, {args.workers} workers, chunks of {args.chunk_size}")
+        print(f"scan               {scan_rate:.2f} images/s median of {', '.join(f'{r:.2f}' for r in scans)} "
+              f"({summaries[-1].processed} images each; {dict(summaries[-1].verdicts)})")  # fmt: skip
+        print(f"raw backend        {raw_rate:.2f} images/s median of {', '.join(f'{r:.2f}' for r in raws)}")
+        print(f"ratio scan/raw     {ratio:.3f}  (target >= 0.95: {'met' if ratio >= 0.95 else 'NOT met'})")
+        print(f"per image (mean)   fetch {stages[0]:.1f} ms, preprocess {stages[1]:.1f} ms (amortised), "
+              f"infer {stages[2]:.1f} ms (batch time / batch size)")  # fmt: skip
+        print(f"preprocess alone   {preprocess_ms:.1f} ms per image, one thread, nothing else running")
+        print(f"load average       {os.getloadavg()[0]:.2f} (2 shared cores: other work skews both sides)")
+
+
+if __name__ == "__main__":
+    main()
