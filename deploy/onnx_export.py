@@ -192,10 +192,13 @@ def _quiet() -> Iterator[None]:
         torch_onnx_log.setLevel(level)
 
 
-def ort_session(path: str | Path, threads: int = 0) -> ort.InferenceSession:
-    """A CPU ONNX Runtime session (``threads`` = 0: ORT's default, one per core)."""
+def ort_session(path: str | Path, threads: int = 0, spinning: bool = False) -> ort.InferenceSession:
+    """A CPU ONNX Runtime session configured as the python backend's (``threads`` = 0: one per core; idle threads
+    do not spin, see :class:`deploy.triton_config.ModelSettings`)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 

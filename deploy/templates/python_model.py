@@ -34,6 +34,8 @@ class TritonPythonModel:
         # Threads per instance: with several instances on few cores, 1-2 each avoids oversubscription.
         options.intra_op_num_threads = int(params.get("intra_op_threads", "0"))
         options.inter_op_num_threads = int(params.get("inter_op_threads", "1"))
+        # Idle threads busy-wait unless told not to; on shared cores that steals time from the working ones.
+        options.add_session_config_entry("session.intra_op.allow_spinning", params.get("intra_op_spinning", "0"))
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3
         self.session = ort.InferenceSession(

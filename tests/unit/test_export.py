@@ -120,6 +120,7 @@ def test_python_config_runs_on_cpu_with_configured_threads_and_pinned_version() 
     assert [(g.count, g.kind) for g in config.instance_group] == [(3, pb.ModelInstanceGroup.KIND_CPU)]
     assert config.parameters["intra_op_threads"].string_value == "2"
     assert config.parameters["onnx_file"].string_value == "model.onnx"
+    assert config.parameters["intra_op_spinning"].string_value == "0"
     assert not config.optimization.execution_accelerators.gpu_execution_accelerator
     assert list(config.version_policy.specific.versions) == [7]
 
