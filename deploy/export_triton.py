@@ -289,7 +289,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         checkpoint = load_checkpoint(args.checkpoint)
         exported = export_to_repository(checkpoint, args.out, options)
-    except (WeightsError, VersionExists, ExportError, ParityError, ValueError) as exc:
+    except WeightsError as exc:
+        hint = "" if args.checkpoint != DEFAULT_MODEL else " (not trained yet? pass --checkpoint NAME_OR_FOLDER)"
+        print(f"error: {exc}{hint}", file=sys.stderr)
+        return 1
+    except (VersionExists, ExportError, ParityError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if options.backend == "tensorrt":
