@@ -14,8 +14,13 @@ decoding, PNG masks, the database; the target is >= 0.95.
 ``--triton`` exports the checkpoint (python backend) and serves it with the local Triton server; the workers
 then hold a ``TritonBackend`` (``--torch-threads`` is ignored). Without ``--model`` a random-weight gamma-b0 is
 used: throughput does not depend on the weights. Raw and scan runs alternate (raw, scan, raw, scan, raw) and
-medians are compared, so background load on a shared machine hits both sides alike. Sources are a local folder
-(S3 through moto would add moto's own CPU to the 2 cores being measured) and the database is SQLite.
+medians are compared. Sources are a local folder (S3 through moto would add moto's own CPU to the 2 cores being
+measured) and the database is SQLite.
+
+Two ratios, because this machine is shared: images/s (wall clock), and CPU per image (CPU seconds of every
+process involved — worker tree, gamma-submit, Triton server tree — per image). When other people's work
+competes for the cores, the scheduler gives the scan's many threads a different share than the raw side's few
+processes and the wall ratio moves either way; CPU per image barely moves, so it is the number to trust there.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import io
 import multiprocessing as mp
 import os
 import queue
+import resource
 import statistics
 import subprocess
 import sys
@@ -33,6 +39,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +90,43 @@ def random_checkpoint(folder: Path) -> Checkpoint:
     return load_checkpoint(folder)
 
 
+@dataclass
+class Measure:
+    """Images done, wall seconds, CPU seconds (all processes involved)."""
+
+    images: int
+    wall: float
+    cpu: float
+
+    @property
+    def rate(self) -> float:
+        return self.images / self.wall
+
+    @property
+    def cpu_ms(self) -> float:
+        return self.cpu * 1000 / self.images
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a live process and its live descendants, from /proc.
+
+    On a shared machine wall-clock rates move with other people's load; CPU per image moves much less, so the
+    bench reports both.
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo.extend(int(child) for child in (task / "children").read_text().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
 def _batches(count: int, chunk_size: int, max_batch: int) -> list[tuple[int, int]]:
     """(start, stop) of every batch the scan sends: chunks of ``chunk_size`` cut to ``max_batch``."""
     size = min(chunk_size, max_batch)
@@ -100,13 +144,15 @@ def _raw_torch_process(checkpoint: str, threads: int, crops_file: str, todo: Any
     crops = np.load(crops_file, mmap_mode="r")
     backend.infer(np.array(crops[:1]))  # warm-up
     barrier.wait()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     while (batch := todo.get()) is not None:
         backend.infer(np.array(crops[batch[0] : batch[1]]))  # a copy, as a worker's batch is freshly stacked
-    times.put((start, time.perf_counter()))
+    times.put((start, time.perf_counter(), time.process_time() - cpu))
 
 
-def raw_torch(checkpoint: Path, crops_file: Path, batches: list[tuple[int, int]], workers: int, threads: int) -> float:
+def raw_torch(
+    checkpoint: Path, crops_file: Path, batches: list[tuple[int, int]], workers: int, threads: int
+) -> Measure:
     """Images/s of the PyTorch backend as the workers hold it — ``workers`` processes of ``threads`` threads —
     on the scan's batches, with nothing around inference. (Python threads in one process would not do: they
     reach about one process's speed, which would flatter the scan.)"""
@@ -124,11 +170,15 @@ def raw_torch(checkpoint: Path, crops_file: Path, batches: list[tuple[int, int]]
     spans = [times.get() for _ in processes]
     for process in processes:
         process.join()
-    return batches[-1][1] / (max(end for _, end in spans) - min(start for start, _ in spans))
+    wall = max(span[1] for span in spans) - min(span[0] for span in spans)
+    return Measure(batches[-1][1], wall, sum(span[2] for span in spans))
 
 
-def raw_threads(backend: InferenceBackend, crops: np.ndarray, chunk_size: int, concurrency: int) -> float:
-    """Images/s of a served backend (Triton) on the scan's batches from ``concurrency`` client threads."""
+def raw_threads(
+    backend: InferenceBackend, crops: np.ndarray, chunk_size: int, concurrency: int, server_pid: int
+) -> Measure:
+    """A served backend (Triton) on the scan's batches from ``concurrency`` client threads; CPU = the server's
+    process tree + this process (the client threads)."""
     batches: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
     for batch in _batches(len(crops), chunk_size, backend.max_batch_size):
         batches.put(batch)
@@ -144,12 +194,12 @@ def raw_threads(backend: InferenceBackend, crops: np.ndarray, chunk_size: int, c
             backend.infer(crops[first:stop])
 
     threads = [threading.Thread(target=drain) for _ in range(concurrency)]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time() + tree_cpu(server_pid)
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return len(crops) / (time.perf_counter() - start)
+    return Measure(len(crops), time.perf_counter() - start, time.process_time() + tree_cpu(server_pid) - cpu)
 
 
 def submit_and_wait(folder: Path, env: dict[str, str]) -> int:
@@ -167,7 +217,7 @@ def submit_and_wait(folder: Path, env: dict[str, str]) -> int:
 
 
 @contextmanager
-def triton_serving(checkpoint: Checkpoint, workdir: Path, max_batch: int) -> Iterator[str]:
+def triton_serving(checkpoint: Checkpoint, workdir: Path, max_batch: int) -> Iterator[Any]:
     from deploy.export_triton import ExportOptions, export_to_repository
     from deploy.triton_server import TritonServer, free_port
 
@@ -175,7 +225,7 @@ def triton_serving(checkpoint: Checkpoint, workdir: Path, max_batch: int) -> Ite
     export_to_repository(checkpoint, repository, ExportOptions(backend="python", max_batch_size=max_batch))
     server = TritonServer(repository, http_port=free_port(), grpc_port=free_port(), log_file=workdir / "triton.log")
     with server:
-        yield server.grpc_url
+        yield server
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -213,15 +263,18 @@ def main(argv: list[str] | None = None) -> None:
             "GAMMA_PREPROCESS_WORKERS": "1",
             "GAMMA_FETCH_WORKERS": "2",
         }
+        server_pid = 0  # the Triton server's process tree does inference for both sides, when there is one
         if args.triton:
             from deploy.triton_client import TritonBackend
 
-            env["GAMMA_TRITON_URL"] = stack.enter_context(triton_serving(checkpoint, work, args.chunk_size))
+            server = stack.enter_context(triton_serving(checkpoint, work, args.chunk_size))
+            server_pid = server.process.pid
+            env["GAMMA_TRITON_URL"] = server.grpc_url
             env["GAMMA_MODEL"] = checkpoint.name
-            triton = TritonBackend(env["GAMMA_TRITON_URL"], checkpoint.name, timeout_s=120)
+            triton = TritonBackend(server.grpc_url, checkpoint.name, timeout_s=120)
 
-            def raw() -> float:
-                return raw_threads(triton, crops, args.chunk_size, args.workers)
+            def raw() -> Measure:
+                return raw_threads(triton, crops, args.chunk_size, args.workers, server_pid)
         else:
             assert checkpoint.path is not None
             env["GAMMA_MODEL"] = str(checkpoint.path)
@@ -229,44 +282,67 @@ def main(argv: list[str] | None = None) -> None:
             max_batch = TorchBackend(checkpoint.model, checkpoint.config, checkpoint.name).max_batch_size
             batches = _batches(len(crops), args.chunk_size, max_batch)
 
-            def raw() -> float:
+            def raw() -> Measure:
                 return raw_torch(checkpoint.path, crops_file, batches, args.workers, args.torch_threads)
 
         env["GAMMA_BROKER_URL"] = stack.enter_context(redis_server(work))
-        raws: list[float] = []
+        raws: list[Measure] = []
+        scans: list[Measure] = []
+        workers_only: list[Measure] = []  # the same scans without gamma-submit's one-off CPU
+        submit_cpu: list[float] = []
         scan_ids: list[int] = []
         for repeat in range(args.repeats):  # interleaved, so drifting background load hits both sides alike
             raws.append(raw())
-            print(f"raw {repeat + 1}: {raws[-1]:.2f} images/s", flush=True)
-            with celery_worker(env, work, concurrency=args.workers, queue=env["GAMMA_QUEUE"]):
+            print(f"raw {repeat + 1}: {raws[-1].rate:.2f} images/s, {raws[-1].cpu_ms:.0f} CPU ms/image", flush=True)
+            with celery_worker(env, work, concurrency=args.workers, queue=env["GAMMA_QUEUE"]) as worker:
                 submit_and_wait(work / "warmup", env)
+                before = tree_cpu(worker.pid) + (tree_cpu(server_pid) if server_pid else 0.0)
+                children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
                 scan_ids.append(submit_and_wait(work / "images", env))
+                children = resource.getrusage(resource.RUSAGE_CHILDREN)
+                after = tree_cpu(worker.pid) + (tree_cpu(server_pid) if server_pid else 0.0)
+            submit_cpu.append(
+                children.ru_utime + children.ru_stime - children_before.ru_utime - children_before.ru_stime
+            )
+            with session_factory(make_engine(env["GAMMA_DB_URL"]))() as session:
+                summary = scan_summary(session, scan_ids[-1])
+            scans.append(Measure(summary.processed, summary.seconds, after - before + submit_cpu[-1]))
+            workers_only.append(Measure(summary.processed, summary.seconds, after - before))
+            print(f"scan {repeat + 1}: {scans[-1].rate:.2f} images/s, {scans[-1].cpu_ms:.0f} CPU ms/image "
+                  f"(gamma-submit process {submit_cpu[-1]:.2f} CPU s)", flush=True)  # fmt: skip
         raws.append(raw())
-        print(f"raw {len(raws)}: {raws[-1]:.2f} images/s", flush=True)
+        print(f"raw {len(raws)}: {raws[-1].rate:.2f} images/s, {raws[-1].cpu_ms:.0f} CPU ms/image", flush=True)
 
-        sessions = session_factory(make_engine(env["GAMMA_DB_URL"]))
-        with sessions() as session:
-            summaries = [scan_summary(session, scan_id) for scan_id in scan_ids]
+        with session_factory(make_engine(env["GAMMA_DB_URL"]))() as session:
+            verdicts = scan_summary(session, scan_ids[-1]).verdicts
             stages = session.execute(
                 select(func.avg(Result.fetch_ms), func.avg(Result.preprocess_ms), func.avg(Result.infer_ms))
                 .select_from(ScanItem)
                 .join(Result, Result.id == ScanItem.result_id)
                 .where(ScanItem.scan_id == scan_ids[-1])
             ).one()
-        scans = [summary.images_per_second for summary in summaries]
-        raw_rate, scan_rate = statistics.median(raws), statistics.median(scans)
-        ratio = scan_rate / raw_rate
+        raw_rate = statistics.median(m.rate for m in raws)
+        scan_rate = statistics.median(m.rate for m in scans)
+        raw_cpu = statistics.median(m.cpu_ms for m in raws)
+        scan_cpu = statistics.median(m.cpu_ms for m in scans)
+        worker_cpu = statistics.median(m.cpu_ms for m in workers_only)
         kind = f"Triton ({env['GAMMA_TRITON_URL']})" if args.triton else f"PyTorch, {args.torch_threads} thread(s)"
         print()
-        print(f"backend            {kind}, {args.workers} workers, chunks of {args.chunk_size}")
-        print(f"scan               {scan_rate:.2f} images/s median of {', '.join(f'{r:.2f}' for r in scans)} "
-              f"({summaries[-1].processed} images each; {dict(summaries[-1].verdicts)})")  # fmt: skip
-        print(f"raw backend        {raw_rate:.2f} images/s median of {', '.join(f'{r:.2f}' for r in raws)}")
-        print(f"ratio scan/raw     {ratio:.3f}  (target >= 0.95: {'met' if ratio >= 0.95 else 'NOT met'})")
-        print(f"per image (mean)   fetch {stages[0]:.1f} ms, preprocess {stages[1]:.1f} ms (amortised), "
+        print(f"backend              {kind}, {args.workers} workers, chunks of {args.chunk_size}, {len(paths)} images")
+        print(f"scan                 {scan_rate:.2f} images/s, {scan_cpu:.0f} CPU ms/image (medians; {dict(verdicts)})")
+        print(f"raw backend          {raw_rate:.2f} images/s, {raw_cpu:.0f} CPU ms/image (medians)")
+        ratios = (
+            ("wall clock", scan_rate / raw_rate),
+            ("CPU per image", raw_cpu / scan_cpu),
+            ("CPU, workers only", raw_cpu / worker_cpu),
+        )
+        for label, ratio in ratios:
+            print(f"ratio {label:17s}  {ratio:.3f}  (target >= 0.95: {'met' if ratio >= 0.95 else 'NOT met'})")
+        print(f"gamma-submit         {statistics.median(submit_cpu):.2f} CPU s per scan (start-up, listing, --wait)")
+        print(f"per image (mean)     fetch {stages[0]:.1f} ms, preprocess {stages[1]:.1f} ms (amortised), "
               f"infer {stages[2]:.1f} ms (batch time / batch size)")  # fmt: skip
-        print(f"preprocess alone   {preprocess_ms:.1f} ms per image, one thread, nothing else running")
-        print(f"load average       {os.getloadavg()[0]:.2f} (2 shared cores: other work skews both sides)")
+        print(f"preprocess alone     {preprocess_ms:.1f} ms per image, one thread")
+        print(f"load average         {os.getloadavg()[0]:.2f} (2 shared cores: other work moves the wall ratio)")
 
 
 if __name__ == "__main__":

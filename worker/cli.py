@@ -3,10 +3,10 @@
     gamma-submit my-bucket/uploads/2024-06 --wait
     gamma-scan ./photos --json > verdicts.jsonl
 
-Both take ``BUCKET/PREFIX``, ``s3://BUCKET/PREFIX`` or a local folder; both record a scan in the database
-(``GAMMA_DB_URL``) and print its summary. ``gamma-scan`` needs no Redis and no Triton: it holds the PyTorch
-model itself, writes masks to a local folder unless told otherwise, and runs each chunk through the very
-function a Celery task runs.
+Both take ``BUCKET/PREFIX``, ``s3://BUCKET/PREFIX`` or a local folder (for ``gamma-submit``, one the workers see
+at the same path); both record a scan in the database (``GAMMA_DB_URL``) and print its summary. ``gamma-scan``
+needs no Redis and no Triton: it holds the PyTorch model itself, writes masks to a local folder unless told
+otherwise, and runs each chunk through the very function a Celery task runs.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import json
 import sys
 
 import click
+from kombu.exceptions import OperationalError as KombuOperationalError
 from rich.console import Console
 
 from worker.app import TASK_NAME, create_app, encode_refs
@@ -22,9 +23,11 @@ from worker.db import make_engine, migrate, session_factory
 from worker.report import print_summary, progress_bar, wait_for_scan
 from worker.scans import list_into_scan, open_scan
 from worker.settings import Settings
-from worker.storage import ObjectRef, parse_source
+from worker.storage import ObjectRef, ObjectUnreadable, StorageUnavailable, parse_source
 
 HELP = {"help_option_names": ["-h", "--help"]}
+# Failures of the listing or of the broker: the scan is marked failed and the CLI says why, without a traceback.
+LISTING_ERRORS = (ObjectUnreadable, StorageUnavailable, KombuOperationalError)
 
 
 @click.command(context_settings=HELP)
@@ -58,6 +61,8 @@ def submit(
 
     try:
         total = list_into_scan(sessions, scan_id, source, settings.chunk_size, dispatch)
+    except LISTING_ERRORS as error:
+        raise click.ClickException(f"scan {scan_id} failed: {error}") from error
     finally:
         producer.close()
     click.echo(scan_id)
@@ -102,7 +107,10 @@ def scan(
             elapsed = progress.tasks[0].elapsed or 1e-9
             progress.update(task, advance=len(outcomes), rate=progress.tasks[0].completed / elapsed)
 
-        total = list_into_scan(runtime.sessions, scan_id, source, settings.chunk_size, dispatch)
+        try:
+            total = list_into_scan(runtime.sessions, scan_id, source, settings.chunk_size, dispatch)
+        except LISTING_ERRORS as error:
+            raise click.ClickException(f"scan {scan_id} failed: {error}") from error
         progress.update(task, total=total)
     print_summary(runtime.sessions, scan_id, console)
     runtime.close()

@@ -24,10 +24,11 @@ def progress_bar(console: Console) -> Progress:
         TimeElapsedColumn(),
         console=console,
         transient=False,
+        refresh_per_second=2,  # the bar only moves when a chunk commits; redrawing faster burns CPU for nothing
     )
 
 
-def wait_for_scan(sessions: sessionmaker, scan_id: int, console: Console, timeout: float, poll: float = 0.5) -> bool:
+def wait_for_scan(sessions: sessionmaker, scan_id: int, console: Console, timeout: float, poll: float = 1.0) -> bool:
     """Poll the scan's row until it is done or failed (True) or ``timeout`` seconds pass (False)."""
     deadline = time.monotonic() + timeout
     start = time.monotonic()

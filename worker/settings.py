@@ -15,9 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from gamma.weights import DEFAULT_MODEL
-
 ENV_PREFIX = "GAMMA_"
+# Equal to gamma.weights.DEFAULT_MODEL (a unit test checks it). Not imported from there: gamma.weights loads
+# torch, which would add ~1.5 CPU seconds to every gamma-submit, a process that never runs the model.
+DEFAULT_MODEL = "gamma-local-b0"
 
 
 @dataclass(frozen=True)

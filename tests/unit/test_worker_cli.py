@@ -77,7 +77,7 @@ def test_gamma_submit_records_the_scan_and_queues_json_chunks(tmp_path: Path, mo
 def test_gamma_submit_of_a_missing_folder_fails_the_scan(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'submit.db'}"
     result = CliRunner().invoke(submit, [str(tmp_path / "nope"), "--db", db, "--broker", "memory://"])
-    assert result.exit_code != 0
+    assert result.exit_code == 1 and "failed" in result.output and "is not a folder" in result.output
     with session_factory(make_engine(db))() as session:
         row = session.scalars(select(Scan)).one()
     assert row.status == "failed" and "is not a folder" in (row.detail or "")

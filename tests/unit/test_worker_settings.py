@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from gamma.weights import DEFAULT_MODEL
 from worker.settings import Settings
 
 
@@ -45,3 +46,16 @@ def test_unsafe_combinations_are_refused(changes: dict[str, int]) -> None:
 def test_malformed_integer_env_var_is_an_error() -> None:
     with pytest.raises(ValueError):
         Settings.from_env({"GAMMA_CHUNK_SIZE": "lots"})
+
+
+def test_the_default_model_is_the_detector_librarys_default() -> None:
+    assert Settings().model == DEFAULT_MODEL
+
+
+def test_the_submitting_side_does_not_load_torch() -> None:
+    """gamma-submit never runs the model; importing torch would cost it seconds of CPU per invocation."""
+    import subprocess
+    import sys
+
+    code = "import sys, worker.cli; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
