@@ -1,0 +1,130 @@
+"""Training presets (``training/presets/<name>.toml``) as a typed object, and the data they point at.
+
+A preset holds everything that makes a run reproducible except the data location, which ``--data`` may override:
+the model preset, optimisation (AdamW, lr 1e-4, batch 16 by gradient accumulation), the epoch fraction, early
+stopping, crops and augmentations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from training.augment import Augment
+from training.data import datasets
+from training.data.datasets import Sample
+
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    name: str = "gamma-local-b0"
+    model: str = "gamma-b0"
+    encoder_init: str = ""  # ImageNet MiT weights (any layout gamma.weights reads); "" = random init
+    batch_size: int = 16  # effective batch: micro_batch x accumulation x world size
+    micro_batch: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    epoch_fraction: float = 0.1  # each epoch is a fresh random share of the training data
+    max_epochs: int = 100
+    patience: int = 5
+    min_delta: float = 0.01
+    train_crop: int = 512
+    val_crop: int = 512
+    max_minutes: float = 0.0  # wall-clock budget; 0 = none. Stops after the epoch in which it runs out
+    num_workers: int = 2
+    seed: int = 0
+    data: dict[str, Any] = field(default_factory=dict)
+    augment: Augment = field(default_factory=Augment)
+
+    @classmethod
+    def from_toml(cls, path: Path) -> TrainConfig:
+        raw = tomllib.loads(Path(path).read_text())
+        known = {f.name for f in fields(cls)}
+        train = raw.pop("train", {})
+        values = {**{k: v for k, v in raw.items() if k in known}, **train}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"{path}: unknown preset keys {sorted(unknown)}")
+        if "augment" in values:
+            values["augment"] = Augment.from_dict(values["augment"])
+        return cls(**values)
+
+    @classmethod
+    def named(cls, preset: str) -> TrainConfig:
+        path = Path(preset)
+        if not path.suffix:
+            path = PRESET_DIR / f"{preset}.toml"
+        if not path.is_file():
+            known = sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+            raise FileNotFoundError(f"no training preset {preset!r}; known: {known}")
+        return cls.from_toml(path)
+
+    def accumulation(self, world_size: int) -> int:
+        per_step = self.micro_batch * world_size
+        if self.batch_size % per_step:
+            raise ValueError(f"batch_size {self.batch_size} is not a multiple of micro_batch x world size {per_step}")
+        return self.batch_size // per_step
+
+
+def _resolve(base: Path, value: str) -> Path:
+    path = Path(value)
+    return path if path.is_absolute() else base / path
+
+
+def _held_out(sample: Sample, fraction: float) -> bool:
+    """Validation membership by a hash of the file stem: stable, and the same for an image and its variants
+    when they share a stem (COCO ids)."""
+    value = int(hashlib.sha256(Path(sample.image).stem.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return value < fraction
+
+
+def load_splits(config: TrainConfig, data_override: Path | None = None) -> dict[str, list[Sample]]:
+    """Train/val(/test) samples from the preset's ``[data]`` table (or ``--data``).
+
+    ``manifest_dir``: a folder with ``train.jsonl``, ``val.jsonl`` and optionally ``test.jsonl`` (local recipe).
+    Otherwise paper layouts under ``root``: ``coco_real``, ``coco_inpaint`` (inpainted and blended), ``tampcoco``,
+    with ``val_manifest`` or a ``val_fraction`` held out by file stem.
+    """
+    data = dict(config.data)
+    if data_override is not None:
+        data_override = Path(data_override)
+        if (data_override / "train.jsonl").is_file():
+            data = {"manifest_dir": str(data_override)}
+        else:
+            data["root"] = str(data_override)
+    if "manifest_dir" in data:
+        folder = _resolve(REPO_ROOT, data["manifest_dir"])
+        splits = {
+            s: datasets.manifest(folder / f"{s}.jsonl")
+            for s in ("train", "val", "test")
+            if (folder / f"{s}.jsonl").is_file()
+        }
+        if "train" not in splits or "val" not in splits:
+            raise FileNotFoundError(
+                f"{folder}: needs train.jsonl and val.jsonl (build: python -m training.data.local_recipe)"
+            )
+        return splits
+    root = _resolve(REPO_ROOT, data.get("root", "."))
+    samples: list[Sample] = []
+    if "coco_real" in data:
+        samples += datasets.coco_real(_resolve(root, data["coco_real"]))
+    if "coco_inpaint" in data:
+        samples += datasets.coco_inpaint(_resolve(root, data["coco_inpaint"]))
+        samples += datasets.coco_inpaint(_resolve(root, data["coco_inpaint"]), blended=True)
+    if "tampcoco" in data:
+        samples += datasets.tampcoco(_resolve(root, data["tampcoco"]))
+    if not samples:
+        raise FileNotFoundError(f"no training data found under {root} for {sorted(data)}")
+    if "val_manifest" in data:
+        return {"train": samples, "val": datasets.manifest(_resolve(root, data["val_manifest"]))}
+    fraction = float(data.get("val_fraction", 0.01))
+    return {
+        "train": [s for s in samples if not _held_out(s, fraction)],
+        "val": [s for s in samples if _held_out(s, fraction)],
+    }

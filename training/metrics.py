@@ -1,0 +1,138 @@
+"""Detection metrics in plain numpy (training needs no scikit-learn): image-level accuracy, balanced accuracy,
+average precision, ROC-AUC, expected calibration error, the threshold that keeps the false-positive rate on real
+images at a target, and pixel-level F1/IoU accumulated over a whole set (not averaged per image, so an image with a
+tiny mask does not weigh like one with a large one).
+
+Conventions: ``labels`` are 0 (real) / 1 (AI); ``scores`` are probabilities of class 1; a score >= threshold is
+called AI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def _arrays(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+    y, s = np.asarray(labels, dtype=np.int64).ravel(), np.asarray(scores, dtype=np.float64).ravel()
+    if y.shape != s.shape:
+        raise ValueError(f"{y.size} labels vs {s.size} scores")
+    return y, s
+
+
+def accuracy(labels, scores, threshold: float = 0.5) -> float:
+    y, s = _arrays(labels, scores)
+    return float(np.mean((s >= threshold) == (y == 1))) if y.size else float("nan")
+
+
+def balanced_accuracy(labels, scores, threshold: float = 0.5) -> float:
+    """Mean of the true-positive rate on AI images and the true-negative rate on real ones."""
+    y, s = _arrays(labels, scores)
+    rates = [np.mean((s[y == c] >= threshold) == (c == 1)) for c in (0, 1) if np.any(y == c)]
+    return float(np.mean(rates)) if rates else float("nan")
+
+
+def _ranked(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cumulative TP and FP counts at each distinct score, from the highest score down (ties grouped)."""
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(s)), y.size - 1]
+    tp = np.cumsum(y)[last_of_tie]
+    fp = (last_of_tie + 1) - tp
+    return tp, fp, s[last_of_tie]
+
+
+def average_precision(labels, scores) -> float:
+    """Sum over thresholds of (recall step) x precision, as scikit-learn defines it (no interpolation)."""
+    y, s = _arrays(labels, scores)
+    positives = int(y.sum())
+    if positives == 0:
+        return float("nan")
+    tp, fp, _ = _ranked(y, s)
+    precision, recall = tp / (tp + fp), tp / positives
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def roc_auc(labels, scores) -> float:
+    """Area under the ROC curve (trapezoids, ties counted half), nan when one class is absent."""
+    y, s = _arrays(labels, scores)
+    positives, negatives = int(y.sum()), int((1 - y).sum())
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    tp, fp, _ = _ranked(y, s)
+    tpr, fpr = np.r_[0.0, tp / positives], np.r_[0.0, fp / negatives]
+    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+
+
+def expected_calibration_error(labels, scores, bins: int = 10) -> float:
+    """ECE of the AI probability: sum over equal-width bins of (bin share) x |mean label - mean score|."""
+    y, s = _arrays(labels, scores)
+    if y.size == 0:
+        return float("nan")
+    which = np.minimum((s * bins).astype(np.int64), bins - 1)
+    error = 0.0
+    for b in range(bins):
+        members = which == b
+        if members.any():
+            error += members.mean() * abs(y[members].mean() - s[members].mean())
+    return float(error)
+
+
+def threshold_at_fpr(labels, scores, target_fpr: float) -> float:
+    """The lowest threshold whose false-positive rate on the real images (label 0) is <= ``target_fpr``.
+
+    With n real scores, at most floor(target_fpr * n) of them may reach the threshold, so it sits just above the
+    (k+1)-th highest real score (k = that budget): np.nextafter of it. Returns nan without real images.
+    """
+    y, s = _arrays(labels, scores)
+    real = np.sort(s[y == 0])[::-1]
+    if real.size == 0:
+        return float("nan")
+    allowed = int(np.floor(target_fpr * real.size + 1e-9))
+    if allowed >= real.size:
+        return float(real[-1])
+    return float(np.nextafter(real[allowed], np.inf))
+
+
+@dataclass
+class PixelCounts:
+    """Pixel confusion counts summed over a set; F1 and IoU of the foreground (mask = 1) class."""
+
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+
+    def update(self, predicted, target, threshold: float = 0.5) -> None:
+        p = np.asarray(predicted) >= threshold
+        t = np.asarray(target) >= 0.5
+        self.tp += int(np.sum(p & t))
+        self.fp += int(np.sum(p & ~t))
+        self.fn += int(np.sum(~p & t))
+
+    @property
+    def f1(self) -> float:
+        denominator = 2 * self.tp + self.fp + self.fn
+        return 2 * self.tp / denominator if denominator else float("nan")
+
+    @property
+    def iou(self) -> float:
+        denominator = self.tp + self.fp + self.fn
+        return self.tp / denominator if denominator else float("nan")
+
+
+def image_metrics(labels, scores, threshold: float = 0.5) -> dict[str, float | int]:
+    """Every image-level metric in one dict (the evaluation report and the training log both use it)."""
+    y, _ = _arrays(labels, scores)
+    return {
+        "count": int(y.size),
+        "real": int((y == 0).sum()),
+        "ai": int((y == 1).sum()),
+        "accuracy": accuracy(labels, scores, threshold),
+        "balanced_accuracy": balanced_accuracy(labels, scores, threshold),
+        "ap": average_precision(labels, scores),
+        "roc_auc": roc_auc(labels, scores),
+        "ece": expected_calibration_error(labels, scores),
+        "threshold_fpr_1pct": threshold_at_fpr(labels, scores, 0.01),
+        "threshold_fpr_5pct": threshold_at_fpr(labels, scores, 0.05),
+    }

@@ -1,0 +1,304 @@
+"""Train a GAMMA detector: ``python training/train.py --preset local-b0|paper-b2 [--data D] [--out O] [--resume]``.
+
+The paper's recipe: L = 2 (BCE cls + BCE AI mask) + BCE manipulation mask; AdamW lr 1e-4; batch 16 (by gradient
+accumulation); every epoch a fresh random share of the data; early stopping on validation accuracy (min delta 0.01,
+patience 5); RandomCrop with 1-px padding for training, CenterCrop for validation, after the serving contract's
+JPEG-96 alignment; Wang-2020 augmentations. On CUDA: bf16 autocast and channels_last. Under ``torchrun`` it
+runs DDP (NCCL on GPUs, gloo on CPU).
+
+Outputs in ``--out``: ``last.pt`` (resumable state, every epoch), ``best/`` (best weights so far),
+``checkpoint/`` (the final model: ``gamma.weights.save_checkpoint`` with metadata) and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from gamma.config import preset as model_preset
+from gamma.model import GammaModel
+from gamma.weights import load_encoder_weights, save_checkpoint
+from training import distributed
+from training.config import TrainConfig, load_splits
+from training.data.datasets import GammaDataset, Sample
+from training.losses import gamma_loss
+from training.metrics import PixelCounts, image_metrics
+
+STATE_FILE = "last.pt"
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _loader(dataset: GammaDataset, indices: list[int], config: TrainConfig) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=config.micro_batch, sampler=indices, num_workers=config.num_workers,
+        pin_memory=torch.cuda.is_available(), drop_last=False,
+    )  # fmt: skip
+
+
+def _to_device(batch: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    images, *rest = (t.to(device, non_blocking=True) for t in batch)
+    if device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    return [images, *rest]
+
+
+@torch.no_grad()
+def evaluate(
+    model: GammaModel, dataset: GammaDataset, config: TrainConfig, info: distributed.DistInfo
+) -> dict[str, Any]:
+    """Image metrics and AI/manipulation-mask pixel F1/IoU over ``dataset``, computed from all ranks' shares.
+
+    Pixel scores are taken at the decoders' stride 4 against area-averaged targets (>= 0.5 is foreground):
+    the same pixels the loss sees, at 1/16 of the cost of upsampling every mask.
+    """
+    model.eval()
+    indices = list(range(len(dataset)))[info.rank :: info.world_size]
+    scores, labels = [], []
+    pixel = torch.zeros(6, dtype=torch.float64)  # tp, fp, fn for AI then manipulation
+    for batch in _loader(dataset, indices, config):
+        images, y, ai, mani = _to_device(batch, info.device)
+        with _autocast(info.device):
+            out = model(images)
+        scores.append(torch.sigmoid(out.image_logit.float()).cpu())
+        labels.append(y.cpu())
+        for offset, (logits, target) in enumerate(((out.ai_mask_logits, ai), (out.manipulation_mask_logits, mani))):
+            counts = PixelCounts()
+            target = torch.nn.functional.adaptive_avg_pool2d(target, logits.shape[-2:])
+            counts.update(torch.sigmoid(logits.float()).cpu().numpy(), target.cpu().numpy())
+            pixel[3 * offset : 3 * offset + 3] += torch.tensor([counts.tp, counts.fp, counts.fn], dtype=torch.float64)
+    score_t = torch.cat(scores) if scores else torch.zeros(0)
+    label_t = torch.cat(labels) if labels else torch.zeros(0)
+    score_t = distributed.all_gather_arrays(score_t.to(info.device), info).cpu()
+    label_t = distributed.all_gather_arrays(label_t.to(info.device), info).cpu()
+    pixel = distributed.all_reduce_sum(pixel.to(info.device), info).cpu()
+    result: dict[str, Any] = image_metrics(label_t.numpy(), score_t.numpy())
+    for offset, name in ((0, "ai_mask"), (3, "manipulation_mask")):
+        counts = PixelCounts(*(int(v) for v in pixel[offset : offset + 3]))
+        result[f"{name}_f1"], result[f"{name}_iou"] = counts.f1, counts.iou
+    return result
+
+
+class Trainer:
+    """One training run: model, optimiser, data, and the early-stopping state that ``last.pt`` preserves."""
+
+    def __init__(self, config: TrainConfig, splits: dict[str, list[Sample]], out: Path, info: distributed.DistInfo,
+                 preset_name: str, progress: bool = True) -> None:  # fmt: skip
+        self.config, self.splits, self.out, self.info = config, splits, out, info
+        self.preset_name, self.progress = preset_name, progress and info.is_main
+        torch.manual_seed(config.seed)
+        self.model = GammaModel(model_preset(config.model))
+        if config.encoder_init:
+            load_encoder_weights(self.model, config.encoder_init)
+        self.model.to(info.device)
+        if info.device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
+        self.ddp: torch.nn.parallel.DistributedDataParallel | None = None
+        if info.enabled:
+            device_ids = [info.device] if info.device.type == "cuda" else None
+            self.ddp = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.accumulation = config.accumulation(info.world_size)
+        self.train_set = GammaDataset(
+            splits["train"], config.train_crop, train=True, augment=config.augment, seed=config.seed
+        )
+        self.val_set = GammaDataset(splits["val"], config.val_crop)
+        self.epoch, self.best_accuracy, self.bad_epochs, self.elapsed = 0, -math.inf, 0, 0.0
+        self.history: list[dict[str, Any]] = []
+
+    # --- state ---------------------------------------------------------------------------------------------
+
+    def save_state(self) -> None:
+        if not self.info.is_main:
+            return
+        state = {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
+            "best_accuracy": self.best_accuracy, "bad_epochs": self.bad_epochs, "elapsed": self.elapsed,
+            "history": json.dumps(self.history), "preset": self.preset_name,
+        }  # fmt: skip
+        tmp = self.out / (STATE_FILE + ".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.out / STATE_FILE)
+
+    def load_state(self) -> bool:
+        path = self.out / STATE_FILE
+        if not path.is_file():
+            return False
+        state = torch.load(path, map_location=self.info.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.best_accuracy = int(state["epoch"]), float(state["best_accuracy"])
+        self.bad_epochs, self.elapsed = int(state["bad_epochs"]), float(state["elapsed"])
+        self.history = json.loads(state["history"])
+        return True
+
+    # --- one epoch -----------------------------------------------------------------------------------------
+
+    def epoch_indices(self) -> list[int]:
+        """A fresh random share of the training set (the same on every rank), then this rank's part of it."""
+        size = len(self.train_set)
+        count = min(size, max(self.config.batch_size, round(self.config.epoch_fraction * size)))
+        chosen = np.random.default_rng([self.config.seed, self.epoch]).choice(size, count, replace=False)
+        return distributed.shard([int(i) for i in chosen], self.info)
+
+    def train_epoch(self, deadline: float) -> dict[str, float]:
+        model = self.ddp or self.model
+        model.train()
+        self.train_set.set_epoch(self.epoch)
+        indices = self.epoch_indices()
+        steps = len(indices) // (self.config.micro_batch * self.accumulation)
+        indices = indices[: steps * self.config.micro_batch * self.accumulation]
+        totals = {"loss": 0.0, "cls": 0.0, "ai_mask": 0.0, "manipulation_mask": 0.0}
+        bar = tqdm(
+            total=steps, desc=f"epoch {self.epoch}", disable=not self.progress, dynamic_ncols=True, file=sys.stdout
+        )
+        micro = 0
+        for micro, batch in enumerate(_loader(self.train_set, indices, self.config), 1):
+            images, labels, ai, mani = _to_device(batch, self.info.device)
+            sync = micro % self.accumulation == 0
+            context = self.ddp.no_sync() if self.ddp is not None and not sync else contextlib.nullcontext()
+            with context, _autocast(self.info.device):
+                loss, parts = gamma_loss(model(images), labels, ai, mani)
+                (loss / self.accumulation).backward()
+            totals["loss"] += float(loss.detach())
+            for key, value in parts.items():
+                totals[key] += float(value)
+            if sync:
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                bar.update(1)
+                bar.set_postfix(loss=f"{totals['loss'] / micro:.3f}")
+                stop = torch.tensor([float(time.time() > deadline)], device=self.info.device)
+                if distributed.all_reduce_sum(stop, self.info).item() > 0:  # every rank stops at the same step
+                    break
+        bar.close()
+        return {key: value / max(micro, 1) for key, value in totals.items()}
+
+    def improved(self, accuracy: float) -> bool:
+        """Early stopping as Keras defines it: only a gain above ``min_delta`` counts, and resets the patience."""
+        if accuracy > self.best_accuracy + self.config.min_delta or self.best_accuracy == -math.inf:
+            self.best_accuracy, self.bad_epochs = accuracy, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    def fit(self) -> dict[str, Any]:
+        started = time.time() - self.elapsed
+        budget = self.config.max_minutes * 60 if self.config.max_minutes > 0 else math.inf
+        deadline = started + budget
+        while self.epoch < self.config.max_epochs and self.bad_epochs < self.config.patience:
+            if time.time() >= deadline:
+                break
+            train_stats = self.train_epoch(deadline)
+            val = evaluate(self.model, self.val_set, self.config, self.info)
+            better = self.improved(val["accuracy"])
+            if better and self.info.is_main:
+                save_checkpoint(self.model, self.out / "best")
+            self.epoch += 1
+            self.elapsed = time.time() - started
+            record = {"epoch": self.epoch, "train": train_stats, "val": val, "improved": better,
+                      "minutes": round(self.elapsed / 60, 2)}  # fmt: skip
+            self.history.append(record)
+            if self.info.is_main:
+                line = {"epoch": self.epoch, "loss": train_stats["loss"], "val_accuracy": val["accuracy"],
+                        "val_ap": val["ap"], "best": self.best_accuracy, "minutes": record["minutes"]}  # fmt: skip
+                print(json.dumps({k: round(v, 4) for k, v in line.items()}), flush=True)
+            self.save_state()
+            distributed.barrier(self.info)
+        reason = "patience" if self.bad_epochs >= self.config.patience else (
+            "max_epochs" if self.epoch >= self.config.max_epochs else "time budget")  # fmt: skip
+        return {"epochs": self.epoch, "stopped_by": reason, "minutes": round(self.elapsed / 60, 2)}
+
+    def finish(self, run: dict[str, Any]) -> dict[str, Any]:
+        """Reloads the best weights, measures them on val (and test), writes ``checkpoint/`` and ``metrics.json``."""
+        distributed.barrier(self.info)
+        best = self.out / "best" / "model.safetensors"
+        if best.is_file():
+            from safetensors.torch import load_file
+
+            self.model.load_state_dict(load_file(str(best), device=str(self.info.device)))
+        metrics: dict[str, Any] = {"val": evaluate(self.model, self.val_set, self.config, self.info)}
+        if self.splits.get("test"):
+            test_set = GammaDataset(self.splits["test"], self.config.val_crop)
+            metrics["test"] = evaluate(self.model, test_set, self.config, self.info)
+        summary = {
+            "name": self.config.name,
+            "version": 1,
+            "preset": self.preset_name,
+            "model_preset": self.config.model,
+            "train_config": {k: v for k, v in asdict(self.config).items() if k != "data"},
+            "data": self.config.data,
+            "data_counts": {split: len(samples) for split, samples in self.splits.items()},
+            "run": run,
+            "metrics": metrics,
+            "eval_crop": self.config.val_crop,
+            "world_size": self.info.world_size,
+        }
+        if self.info.is_main:
+            save_checkpoint(self.model, self.out / "checkpoint", summary)
+            (self.out / "metrics.json").write_text(json.dumps({**summary, "history": self.history}, indent=2) + "\n")
+        return summary
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Train a GAMMA detector (see training/MODEL_CARD.md).")
+    parser.add_argument("--preset", default="local-b0", help="training/presets/<name>.toml, or a path to a TOML")
+    parser.add_argument("--data", type=Path, default=None, help="manifest folder or data root (overrides the preset)")
+    parser.add_argument("--out", type=Path, default=None, help="run folder (default runs/<preset>)")
+    parser.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads per process")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a [train] value, e.g. --set max_minutes=5")  # fmt: skip
+    parser.add_argument("--no-progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def _overrides(config: TrainConfig, pairs: list[str]) -> TrainConfig:
+    import dataclasses
+
+    changes: dict[str, Any] = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        current = getattr(config, key)  # AttributeError names an unknown key
+        changes[key] = type(current)(value) if not isinstance(current, str) else value
+    return dataclasses.replace(config, **changes)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    info = distributed.setup()
+    try:
+        config = _overrides(TrainConfig.named(args.preset), args.set)
+        out = args.out or Path("runs") / Path(args.preset).stem
+        out.mkdir(parents=True, exist_ok=True)
+        splits = load_splits(config, args.data)
+        if info.is_main:
+            print(json.dumps({"preset": args.preset, "counts": {k: len(v) for k, v in splits.items()},
+                              "device": str(info.device), "world_size": info.world_size}), flush=True)  # fmt: skip
+        trainer = Trainer(config, splits, out, info, Path(args.preset).stem, progress=not args.no_progress)
+        if args.resume and trainer.load_state() and info.is_main:
+            print(f"resumed from {out / STATE_FILE} at epoch {trainer.epoch}", flush=True)
+        return trainer.finish(trainer.fit())
+    finally:
+        distributed.cleanup(info)
+
+
+if __name__ == "__main__":
+    main()
