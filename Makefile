@@ -36,7 +36,7 @@ $(SAMPLES)/.done: $(STAMP) gamma/samples.py
 	touch $@
 
 scan: setup
-	$(VENV)/bin/gamma-classify $(SAMPLES)
+	$(VENV)/bin/gamma-scan $(SAMPLES)
 
 test: setup
 	$(PY) -m pytest -q
