@@ -86,6 +86,16 @@ class TorchBackend:
         return outputs_from_wire(probability.cpu().numpy(), ai_mask.cpu().numpy(), manipulation_mask.cpu().numpy())
 
 
+class UnreadableSource(OSError):
+    """The image's bytes could not be read at all (missing file, permission); not a judgement on the image."""
+
+    reason = "unreadable"
+
+    def __init__(self, source: str, cause: OSError) -> None:
+        super().__init__(f"{source}: {cause}")
+        self.detail = f"{type(cause).__name__}: {cause}"
+
+
 @dataclass
 class ImageResult:
     """One image's outcome: a judgement with its masks, or the reason it could not be judged."""
@@ -94,7 +104,7 @@ class ImageResult:
     judgement: Judgement | None = None
     ai_mask: np.ndarray | None = field(default=None, repr=False)
     manipulation_mask: np.ndarray | None = field(default=None, repr=False)
-    error: ImageRejected | None = None
+    error: ImageRejected | UnreadableSource | None = None
 
     def to_dict(self) -> dict[str, object]:
         if self.judgement is None:
@@ -161,11 +171,15 @@ class Detector:
         return results
 
     def classify_files(self, paths: Sequence[str | Path]) -> list[ImageResult]:
-        items = []
+        """Files in, one result per file in order; a file that cannot be read gets an ``unreadable`` error."""
+        readable: list[tuple[str, bytes]] = []
+        unreadable: dict[str, UnreadableSource] = {}
         for path in paths:
             try:
-                items.append((str(path), Path(path).read_bytes()))
+                readable.append((str(path), Path(path).read_bytes()))
             except OSError as exc:
-                items.append((str(path), b""))
-                del exc
-        return self.classify_bytes(items)
+                unreadable[str(path)] = UnreadableSource(str(path), exc)
+        judged = iter(self.classify_bytes(readable))
+        return [
+            ImageResult(str(p), error=unreadable[str(p)]) if str(p) in unreadable else next(judged) for p in paths
+        ]
