@@ -1,0 +1,43 @@
+"""gamma-classify: folders expand to image files; one verdict (or error) per file, as a table or JSON lines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from click.testing import CliRunner
+from PIL import Image
+
+from gamma.cli import main
+from gamma.weights import Checkpoint
+
+
+def test_classifies_a_folder_as_json_lines(tiny_checkpoint: Checkpoint, tmp_path: Path) -> None:
+    folder = tmp_path / "images"
+    (folder / "sub").mkdir(parents=True)
+    Image.fromarray(np.full((300, 400, 3), 90, np.uint8)).save(folder / "grey.png")
+    Image.fromarray(np.zeros((520, 520, 3), np.uint8)).save(folder / "sub" / "black.jpg")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (folder / "notes.txt").write_text("not an image and not listed")
+
+    result = CliRunner().invoke(main, [str(folder), "--model", str(tiny_checkpoint.path), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    by_name = {Path(row["source"]).name: row for row in rows}
+    assert set(by_name) == {"grey.png", "black.jpg", "broken.jpg"}
+    broken = by_name["broken.jpg"]
+    assert broken["verdict"] == "error" and broken["reason"] in {"truncated", "undecodable"}
+    for name in ("grey.png", "black.jpg"):
+        assert by_name[name]["verdict"] in {"real", "ai-generated", "manipulated", "needs-review"}
+        assert 0.0 <= by_name[name]["probability"] <= 1.0
+
+
+def test_table_output_and_empty_folder(tiny_checkpoint: Checkpoint, tmp_path: Path) -> None:
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "a.webp")
+    result = CliRunner(env={"COLUMNS": "300"}).invoke(main, [str(tmp_path), "--model", str(tiny_checkpoint.path)])
+    assert result.exit_code == 0 and "a.webp" in result.output and "gamma-test" in result.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = CliRunner().invoke(main, [str(empty), "--model", str(tiny_checkpoint.path)])
+    assert result.exit_code != 0 and "no image files" in result.output
