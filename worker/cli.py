@@ -18,12 +18,12 @@ import click
 from kombu.exceptions import OperationalError as KombuOperationalError
 from rich.console import Console
 
-from worker.app import TASK_NAME, create_app, encode_refs
-from worker.db import make_engine, migrate, session_factory
+from worker.db import make_engine, session_factory
 from worker.report import print_summary, progress_bar, wait_for_scan
 from worker.scans import list_into_scan, open_scan
 from worker.settings import Settings
-from worker.storage import ObjectRef, ObjectUnreadable, StorageUnavailable, parse_source
+from worker.storage import ObjectRef, ObjectUnreadable, StorageUnavailable
+from worker.submit import submit_scan
 
 HELP = {"help_option_names": ["-h", "--help"]}
 # Failures of the listing or of the broker: the scan is marked failed and the CLI says why, without a traceback.
@@ -38,6 +38,7 @@ LISTING_ERRORS = (ObjectUnreadable, StorageUnavailable, KombuOperationalError)
 @click.option("--chunk-size", type=click.IntRange(1), default=None, help="Images per task [env GAMMA_CHUNK_SIZE].")
 @click.option("--wait", is_flag=True, help="Show progress until the scan is done, then a summary.")
 @click.option("--timeout", type=float, default=24 * 3600, show_default=True, help="Seconds --wait waits at most.")
+@click.option("--full", is_flag=True, help="Re-infer every object (default: reuse results of this model version).")
 def submit(
     target: str,
     db_url: str | None,
@@ -46,33 +47,33 @@ def submit(
     chunk_size: int | None,
     wait: bool,
     timeout: float,
+    full: bool,
 ) -> None:
-    """List TARGET (BUCKET/PREFIX, s3://BUCKET/PREFIX or a folder), record a scan, queue it; print the scan id."""
+    """List TARGET (BUCKET/PREFIX, s3://BUCKET/PREFIX or a folder), record a scan, queue it; print the scan id.
+
+    Incremental: objects whose (bucket, key, ETag) already have a result of the served model version are
+    linked to it at listing time and never queued; a new model version rescans everything.
+    """
     settings = Settings.from_env(db_url=db_url, broker_url=broker_url, model=model, chunk_size=chunk_size)
-    engine = make_engine(settings.db_url)
-    migrate(engine)
-    sessions = session_factory(engine)
-    source = parse_source(target, settings.s3_endpoint_url, settings.s3_region)
-    producer = create_app(settings)
-    scan_id = open_scan(sessions, source, settings.model)
-
-    def dispatch(chunk: list[ObjectRef]) -> None:
-        producer.send_task(TASK_NAME, args=[scan_id, source.uri, encode_refs(chunk)], queue=settings.queue)
-
     try:
-        total = list_into_scan(sessions, scan_id, source, settings.chunk_size, dispatch)
+        submitted = submit_scan(settings, target, full=full)
     except LISTING_ERRORS as error:
-        raise click.ClickException(f"scan {scan_id} failed: {error}") from error
-    finally:
-        producer.close()
+        raise click.ClickException(f"scan failed: {error}") from error
+    scan_id = submitted.scan_id
     click.echo(scan_id)
     console = Console(stderr=True)
-    console.print(f"scan {scan_id}: {total} objects under {source.uri} queued in chunks of {settings.chunk_size}")
+    console.print(
+        f"scan {scan_id}: {submitted.total} objects under {submitted.source_uri} queued in chunks of "
+        f"{settings.chunk_size}"
+        + (f" (results of v{submitted.model_version} reused)" if submitted.model_version else "")
+    )
     if wait:
+        engine = make_engine(settings.db_url)
+        sessions = session_factory(engine)
         if not wait_for_scan(sessions, scan_id, console, timeout):
             raise click.ClickException(f"scan {scan_id} not done after {timeout:.0f} s (it goes on in the workers)")
         print_summary(sessions, scan_id, console)
-    engine.dispose()
+        engine.dispose()
 
 
 @click.command(context_settings=HELP)
@@ -82,8 +83,15 @@ def submit(
 @click.option("--model", default=None, help="Checkpoint name or folder [env GAMMA_MODEL; default gamma-local-b0].")
 @click.option("--masks", "masks_url", default=None, help="Mask folder or s3://bucket/prefix [default ./masks].")
 @click.option("--chunk-size", type=click.IntRange(1), default=None, help="Images per chunk [env GAMMA_CHUNK_SIZE].")
+@click.option("--full", is_flag=True, help="Re-infer every object (default: reuse results of this model version).")
 def scan(
-    target: str, db_url: str | None, as_json: bool, model: str | None, masks_url: str | None, chunk_size: int | None
+    target: str,
+    db_url: str | None,
+    as_json: bool,
+    model: str | None,
+    masks_url: str | None,
+    chunk_size: int | None,
+    full: bool,
 ) -> None:
     """Scan TARGET (a folder, BUCKET/PREFIX or s3://BUCKET/PREFIX) in this process: no Redis, no Triton."""
     from worker.pipeline import run_chunk  # torch is imported only by the command that runs the model
@@ -99,7 +107,7 @@ def scan(
         task = progress.add_task(f"scan {scan_id}", total=None, rate=0.0)
 
         def dispatch(chunk: list[ObjectRef]) -> None:
-            outcomes = run_chunk(runtime, source.uri, chunk, scan_id)
+            outcomes = run_chunk(runtime, source.uri, chunk, scan_id, reuse=not full)
             if as_json:
                 for outcome in outcomes:
                     sys.stdout.write(json.dumps({"scan_id": scan_id, **outcome.to_dict()}) + "\n")

@@ -40,6 +40,28 @@ class Outcome:
     fetch_ms: float | None = None
     preprocess_ms: float | None = None
     infer_ms: float | None = None
+    # Set when an earlier result of the same model version was reused (unchanged object, or the same bytes
+    # under another key): nothing was inferred and the results row is not written again.
+    result_id: int | None = None
+
+    @classmethod
+    def reused(cls, key: str, etag: str, size: int, result: Any) -> Outcome:
+        """An outcome that points at an existing ``worker.db.Result`` row instead of a new inference."""
+        return cls(
+            key=key,
+            sha256=result.sha256,
+            verdict=result.verdict,
+            etag=etag,
+            size=size,
+            probability=result.probability,
+            ai_area=result.ai_area,
+            manipulated_area=result.manipulated_area,
+            ai_mask_url=result.ai_mask_url,
+            manipulation_mask_url=result.manipulation_mask_url,
+            error_reason=result.error_reason,
+            error_detail=result.error_detail,
+            result_id=result.id,
+        )
 
     @classmethod
     def failed(
@@ -63,6 +85,7 @@ class Outcome:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         del data["bytes_read"]
+        data["reused"] = data.pop("result_id") is not None
         if self.is_error:
             for name in ("probability", "ai_area", "manipulated_area", "ai_mask_url", "manipulation_mask_url"):
                 data.pop(name)

@@ -24,8 +24,9 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from gamma.inference import ImageResult
+from worker import metrics
 from worker.outcome import Outcome
-from worker.records import record_outcomes, unprocessed_keys
+from worker.records import known_by_content, known_by_etag, record_outcomes, unprocessed_keys
 from worker.runtime import Runtime
 from worker.storage import ObjectRef, ObjectUnreadable, Source
 
@@ -36,7 +37,9 @@ def _fetch(source: Source, ref: ObjectRef, max_bytes: int) -> tuple[bytes | Obje
         data: bytes | ObjectUnreadable = source.get(ref, max_bytes)
     except ObjectUnreadable as unreadable:
         data = unreadable
-    return data, (time.perf_counter() - start) * 1000
+    elapsed = time.perf_counter() - start
+    metrics.FETCH_SECONDS.observe(elapsed)
+    return data, elapsed * 1000
 
 
 def _judged(
@@ -61,18 +64,31 @@ def _judged(
     )
 
 
-def classify_chunk(runtime: Runtime, source: Source, refs: Sequence[ObjectRef]) -> list[Outcome]:
+def classify_chunk(runtime: Runtime, source: Source, refs: Sequence[ObjectRef], reuse: bool = True) -> list[Outcome]:
     """Fetch, classify and store the masks of ``refs``; one :class:`Outcome` per distinct key, in order.
+
+    With ``reuse`` (incremental scans), a ref whose (bucket, key, ETag) already has a result of the loaded model
+    version is not even fetched, and fetched bytes whose sha256 already has one (a copy under another key) are
+    not inferred: both reuse the existing result row.
 
     Raises only for failures of a service (storage, backend); per-object problems become error outcomes.
     """
     refs = list({ref.key: ref for ref in refs}.values())
     max_bytes = runtime.detector.limits.max_bytes
+    name, version = runtime.backend.model_name, runtime.backend.model_version
+    outcomes: list[Outcome | None] = [None] * len(refs)
+    if reuse:
+        with runtime.sessions() as session:
+            known = known_by_etag(session, source.bucket, refs, name, version)
+        for index, ref in enumerate(refs):
+            if ref.key in known:
+                outcomes[index] = Outcome.reused(ref.key, ref.etag, ref.size, known[ref.key][1])
+    todo = [index for index, outcome in enumerate(outcomes) if outcome is None]
     with ThreadPoolExecutor(runtime.settings.fetch_workers) as pool:
-        fetched = list(pool.map(lambda ref: _fetch(source, ref, max_bytes), refs))
-        outcomes: list[Outcome | None] = [None] * len(refs)
+        fetched = list(pool.map(lambda index: _fetch(source, refs[index], max_bytes), todo))
         readable: list[tuple[int, bytes, str, float]] = []
-        for index, (ref, (data, fetch_ms)) in enumerate(zip(refs, fetched)):
+        for index, (data, fetch_ms) in zip(todo, fetched):
+            ref = refs[index]
             if isinstance(data, ObjectUnreadable):
                 outcomes[index] = Outcome.failed(
                     ref.key,
@@ -85,14 +101,28 @@ def classify_chunk(runtime: Runtime, source: Source, refs: Sequence[ObjectRef]) 
                 )
             else:
                 readable.append((index, data, hashlib.sha256(data).hexdigest(), fetch_ms))
+        if reuse and readable:
+            with runtime.sessions() as session:
+                same_bytes = known_by_content(session, (sha for _, _, sha, _ in readable), name, version)
+            for index, data, sha256, fetch_ms in readable:
+                if sha256 in same_bytes:
+                    ref = refs[index]
+                    reused = Outcome.reused(ref.key, ref.etag, len(data), same_bytes[sha256])
+                    reused.fetch_ms = fetch_ms
+                    outcomes[index] = reused
+            readable = [item for item in readable if item[2] not in same_bytes]
 
         infer_before = runtime.backend.seconds
         start = time.perf_counter()
-        results = runtime.detector.classify_bytes([(refs[i].key, data) for i, data, _, _ in readable])
+        results = (
+            runtime.detector.classify_bytes([(refs[i].key, data) for i, data, _, _ in readable]) if readable else []
+        )
         classify_ms = (time.perf_counter() - start) * 1000
         infer_ms = (runtime.backend.seconds - infer_before) * 1000
         judged = sum(1 for r in results if r.judgement is not None)
         per_preprocess = (classify_ms - infer_ms) / max(len(readable), 1)
+        for _ in readable:
+            metrics.PREPROCESS_SECONDS.observe(per_preprocess / 1000)
         per_infer = infer_ms / max(judged, 1)
 
         for (index, data, sha256, fetch_ms), result in zip(readable, results):
@@ -117,13 +147,16 @@ def classify_chunk(runtime: Runtime, source: Source, refs: Sequence[ObjectRef]) 
     return [o for o in outcomes if o is not None]
 
 
-def run_chunk(runtime: Runtime, source_uri: str, refs: Sequence[ObjectRef], scan_id: int | None) -> list[Outcome]:
+def run_chunk(
+    runtime: Runtime, source_uri: str, refs: Sequence[ObjectRef], scan_id: int | None, reuse: bool = True
+) -> list[Outcome]:
     """Classify one chunk and record it (and the scan's new counts) in one transaction."""
     source = runtime.source(source_uri)
-    outcomes = classify_chunk(runtime, source, refs)
+    outcomes = classify_chunk(runtime, source, refs, reuse)
     backend = runtime.backend
     with runtime.sessions.begin() as session:
         record_outcomes(session, scan_id, source.bucket, backend.model_name, backend.model_version, outcomes)
+    metrics.record(outcomes)
     return outcomes
 
 
@@ -146,4 +179,5 @@ def mark_failed(
             if ref.key in pending
         ]
         record_outcomes(session, scan_id, source.bucket, name, version, outcomes)
+    metrics.record(outcomes)
     return outcomes

@@ -88,6 +88,8 @@ def record_outcomes(
         ).returning(Image.id, Image.key, Image.sha256)
         image_ids = {(key, sha): id_ for id_, key, sha in session.execute(statement)}
 
+    fresh = [o for o in outcomes if o.result_id is None]
+    result_ids = {o.sha256: o.result_id for o in outcomes if o.result_id is not None}
     result_rows = _unique(
         (
             {
@@ -109,20 +111,21 @@ def record_outcomes(
                 "created_at": now,
                 "updated_at": now,
             }
-            for o in outcomes
+            for o in fresh
         ),
         ("sha256",),
     )
-    statement = _insert(session, Result).values(result_rows)
-    updated = {
-        column: getattr(statement.excluded, column)
-        for column in result_rows[0]
-        if column not in ("sha256", "model_name", "model_version", "created_at")
-    }
-    statement = statement.on_conflict_do_update(
-        index_elements=["sha256", "model_name", "model_version"], set_=updated
-    ).returning(Result.id, Result.sha256)
-    result_ids = {sha: id_ for id_, sha in session.execute(statement)}
+    if result_rows:
+        statement = _insert(session, Result).values(result_rows)
+        updated = {
+            column: getattr(statement.excluded, column)
+            for column in result_rows[0]
+            if column not in ("sha256", "model_name", "model_version", "created_at")
+        }
+        statement = statement.on_conflict_do_update(
+            index_elements=["sha256", "model_name", "model_version"], set_=updated
+        ).returning(Result.id, Result.sha256)
+        result_ids.update({sha: id_ for id_, sha in session.execute(statement)})
 
     by_key = {o.key: o for o in outcomes}
     if scan_id is not None:
@@ -253,3 +256,67 @@ def scan_summary(session: Session, scan_id: int) -> ScanSummary:
     end = scan.finished_at or utcnow()
     summary.seconds = (end - scan.created_at).total_seconds()
     return summary
+
+
+# Error results that say something about the run, not about the bytes: never reused by a later scan.
+NOT_REUSABLE_REASONS = ("retries-exhausted", "time-limit", "backend-error", "internal-error")
+
+
+def _reusable(model_name: str, model_version: int) -> Any:
+    return (
+        (Result.model_name == model_name)
+        & (Result.model_version == model_version)
+        & or_(Result.verdict != ERROR, Result.error_reason.is_(None), Result.error_reason.not_in(NOT_REUSABLE_REASONS))
+    )
+
+
+def known_by_etag(
+    session: Session, bucket: str, refs: Sequence[Any], model_name: str, model_version: int
+) -> dict[str, tuple[int, Result]]:
+    """key -> (image id, result) for those ``refs`` whose (bucket, key, ETag) already has a reusable result of
+    this model version: an unchanged object, nothing to fetch or infer. Refs without an ETag never match."""
+    etags = {ref.key: ref.etag for ref in refs if ref.etag}
+    if not etags or model_version <= 0:
+        return {}
+    rows = session.execute(
+        select(Image.id, Image.key, Image.etag, Result)
+        .join(Result, Result.sha256 == Image.sha256)
+        .where(Image.bucket == bucket, Image.key.in_(list(etags)), _reusable(model_name, model_version))
+    ).all()
+    return {key: (image_id, result) for image_id, key, etag, result in rows if etags.get(key) == etag}
+
+
+def known_by_content(
+    session: Session, sha256s: Iterable[str], model_name: str, model_version: int
+) -> dict[str, Result]:
+    """sha256 -> reusable result of this model version for content already judged (under any key)."""
+    wanted = sorted(set(sha256s))
+    if not wanted or model_version <= 0:
+        return {}
+    rows = session.scalars(select(Result).where(Result.sha256.in_(wanted), _reusable(model_name, model_version)))
+    return {row.sha256: row for row in rows}
+
+
+def link_known(session: Session, scan_id: int, known: dict[str, tuple[int, Result]]) -> None:
+    """Point scan items at results that already exist (a rescan's unchanged objects); caller refreshes counts."""
+    if not known:
+        return
+    now = utcnow()
+    rows = _unique(
+        (
+            {"scan_id": scan_id, "key": key, "image_id": image_id, "result_id": result.id, "updated_at": now}
+            for key, (image_id, result) in known.items()
+        ),
+        ("key",),
+    )
+    statement = _insert(session, ScanItem).values(rows)
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["scan_id", "key"],
+            set_={
+                "image_id": statement.excluded.image_id,
+                "result_id": statement.excluded.result_id,
+                "updated_at": now,
+            },
+        )
+    )

@@ -20,6 +20,7 @@ from sqlalchemy.orm import sessionmaker
 from gamma.inference import BatchOutputs, Detector, InferenceBackend, TorchBackend
 from gamma.preprocess import DEFAULT_LIMITS, PreprocessLimits
 from gamma.verdict import VerdictThresholds
+from worker import metrics
 from worker.db import make_engine, migrate, session_factory
 from worker.masks import MaskStore
 from worker.settings import Settings
@@ -58,7 +59,10 @@ class TimedBackend:
         try:
             return self.backend.infer(images)
         finally:
-            self.seconds += time.perf_counter() - start
+            elapsed = time.perf_counter() - start
+            self.seconds += elapsed
+            metrics.INFERENCE_SECONDS.observe(elapsed)
+            metrics.BATCH_SIZE.observe(len(images))
 
 
 def preprocess_limits(settings: Settings) -> PreprocessLimits:
@@ -71,7 +75,12 @@ def make_backend(settings: Settings) -> InferenceBackend:
     if settings.triton_url:
         from deploy.triton_client import TritonBackend  # only workers that talk to Triton build a client
 
-        return TritonBackend(settings.triton_url, settings.model, timeout_s=settings.triton_timeout_s)
+        return TritonBackend(
+            settings.triton_url,
+            settings.model,
+            model_version=settings.model_version or None,
+            timeout_s=settings.triton_timeout_s,
+        )
     if settings.torch_threads:
         import torch
 

@@ -12,7 +12,7 @@ from itertools import islice
 
 from sqlalchemy.orm import sessionmaker
 
-from worker.records import add_scan_items, create_scan, fail_scan, finish_listing
+from worker.records import add_scan_items, create_scan, fail_scan, finish_listing, known_by_etag, link_known
 from worker.storage import LocalSource, ObjectRef, S3Source
 
 
@@ -33,19 +33,32 @@ def list_into_scan(
     source: S3Source | LocalSource,
     chunk_size: int,
     dispatch: Callable[[list[ObjectRef]], None],
+    skip_known: tuple[str, int] | None = None,
 ) -> int:
     """List ``source`` into scan ``scan_id`` and call ``dispatch`` per chunk; returns the number of keys.
+
+    ``skip_known=(model name, version)`` makes the scan incremental at listing time: keys whose (bucket, key,
+    ETag) already has a result of that model version are linked to it right here and never dispatched; the
+    rest are re-chunked so workers still get full chunks.
 
     If listing or dispatching fails (no such bucket, S3 or the broker down) the scan is marked ``failed`` with
     the reason and the error propagates; chunks already dispatched still complete.
     """
     total = 0
+    pending: list[ObjectRef] = []
     try:
         for chunk in chunked(source.list(), chunk_size):
             with sessions.begin() as session:
                 add_scan_items(session, scan_id, [ref.key for ref in chunk])
-            dispatch(chunk)
+                known = known_by_etag(session, source.bucket, chunk, *skip_known) if skip_known else {}
+                link_known(session, scan_id, known)
+            pending.extend(ref for ref in chunk if ref.key not in known)
             total += len(chunk)
+            while len(pending) >= chunk_size:
+                dispatch(pending[:chunk_size])
+                del pending[:chunk_size]
+        if pending:
+            dispatch(pending)
     except Exception as error:
         with sessions.begin() as session:
             fail_scan(session, scan_id, f"listing {source.uri} failed after {total} keys: {error}")

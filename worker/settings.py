@@ -42,6 +42,7 @@ class Settings:
     s3_region: str = "us-east-1"
     masks_url: str = "masks"
     model: str = DEFAULT_MODEL
+    model_version: int = 0  # 0: what Triton serves / the checkpoint's metadata.json (rescans skip per version)
     chunk_size: int = 32
     fetch_workers: int = 8
     preprocess_workers: int = 2
@@ -53,6 +54,8 @@ class Settings:
     visibility_timeout_s: int = 3600
     max_retries: int = 5
     retry_backoff_max_s: int = 300
+    metrics_port: int = 0  # 0: no /metrics endpoint (worker.metrics)
+    metrics_host: str = "0.0.0.0"
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1:

@@ -14,6 +14,7 @@ completes and says why.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from billiard.einfo import ExceptionInfo
@@ -23,6 +24,7 @@ from celery.signals import worker_init, worker_process_init, worker_process_shut
 from sqlalchemy.exc import OperationalError
 
 from deploy.triton_client import TritonError, TritonUnavailable
+from worker import metrics
 from worker.app import TASK_NAME, app, decode_refs, settings
 from worker.db import make_engine, migrate
 from worker.pipeline import mark_failed, run_chunk
@@ -63,6 +65,12 @@ def _migrate(**_: Any) -> None:
         migrate(engine)
     finally:
         engine.dispose()
+    if settings.metrics_port:
+        metrics.clear_multiprocess_dir()
+        metrics.serve(settings.metrics_port, settings.metrics_host)
+        log.info(
+            "metrics on %s:%d/metrics (%s)", settings.metrics_host, settings.metrics_port, metrics.multiprocess_dir()
+        )
 
 
 @worker_process_init.connect
@@ -79,7 +87,8 @@ def _warm_up(**_: Any) -> None:
 
 
 @worker_process_shutdown.connect
-def _close_runtime(**_: Any) -> None:
+def _close_runtime(pid: int | None = None, **_: Any) -> None:
+    metrics.process_exited(pid or os.getpid())
     if _runtime is not None:
         _runtime.close()
 
@@ -119,7 +128,17 @@ class ChunkTask(Task):
     retry_jitter=True,
     max_retries=settings.max_retries,
 )
-def scan_chunk(self: Task, scan_id: int | None, source_uri: str, items: list[list[Any]]) -> dict[str, int]:
-    """Classify and record one chunk; returns counts (for logs: results live in the database)."""
-    outcomes = run_chunk(get_runtime(), source_uri, decode_refs(items), scan_id)
-    return {"images": len(outcomes), "errors": sum(o.is_error for o in outcomes)}
+def scan_chunk(
+    self: Task, scan_id: int | None, source_uri: str, items: list[list[Any]], reuse: bool = True
+) -> dict[str, int]:
+    """Classify and record one chunk; returns counts (for logs: results live in the database).
+
+    ``reuse`` (the default; ``gamma-submit --full`` sends False): objects unchanged since a result of this
+    model version are not fetched, and known content under a new key is not inferred.
+    """
+    outcomes = run_chunk(get_runtime(), source_uri, decode_refs(items), scan_id, reuse)
+    return {
+        "images": len(outcomes),
+        "errors": sum(o.is_error for o in outcomes),
+        "reused": sum(o.result_id is not None for o in outcomes),
+    }

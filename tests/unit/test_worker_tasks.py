@@ -75,7 +75,7 @@ def test_the_task_runs_the_pipeline_and_records_the_chunk(tmp_path: Path, tiny_c
     c = tiny_checkpoint
     runtime, scan_id, uri, refs = _scan(tmp_path, TorchBackend(c.model, c.config, c.name, c.version), count=2)
     result = tasks.scan_chunk.apply(args=[scan_id, uri, encode_refs(refs)])
-    assert result.successful() and result.get() == {"images": 3, "errors": 1}
+    assert result.successful() and result.get() == {"images": 3, "errors": 1, "reused": 0}
     with runtime.sessions() as session:
         summary = scan_summary(session, scan_id)
     assert summary.status == "done" and summary.error_reasons == {"undecodable": 1}

@@ -1,0 +1,100 @@
+"""Submitting a scan: what ``gamma-submit`` and the beat task both do (list, record, skip what is known, queue).
+
+The model version decides what a rescan may skip, so the submitter must know it without loading a model:
+``GAMMA_MODEL_VERSION`` if set, else the version Triton serves (one metadata call), else the checkpoint's
+``metadata.json``. If none can be found the listing skips nothing, and the workers, which know their version,
+still skip unchanged objects before fetching them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from worker.app import TASK_NAME, create_app, encode_refs
+from worker.db import make_engine, migrate, session_factory
+from worker.scans import list_into_scan, open_scan
+from worker.settings import Settings
+from worker.storage import ObjectRef, parse_source
+
+log = logging.getLogger(__name__)
+
+# Where gamma.weights looks for checkpoints by name (not imported from there: it loads torch).
+REPO_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+@dataclass(frozen=True)
+class Submitted:
+    scan_id: int
+    source_uri: str
+    total: int
+    model_version: int
+
+
+def checkpoint_version(name_or_path: str) -> int:
+    """``version`` of a checkpoint's ``metadata.json`` (1 without one), 0 if there is no such checkpoint here."""
+    extra = [Path(p) for p in os.environ.get("GAMMA_MODEL_PATH", "").split(os.pathsep) if p]
+    for folder in (Path(name_or_path), *(root / name_or_path for root in (*extra, REPO_MODELS_DIR))):
+        if (folder / "model.safetensors").is_file():
+            metadata = folder / "metadata.json"
+            return int(json.loads(metadata.read_text()).get("version", 1)) if metadata.is_file() else 1
+    return 0
+
+
+def triton_version(url: str, model: str, timeout_s: float = 5.0) -> int:
+    """The newest version of ``model`` Triton serves at ``url`` (gRPC), 0 if it cannot be asked."""
+    import tritonclient.grpc as grpcclient
+
+    try:
+        client = grpcclient.InferenceServerClient(url)
+        try:
+            metadata = client.get_model_metadata(model, "", client_timeout=timeout_s)
+        finally:
+            client.close()
+        return max((int(v) for v in metadata.versions), default=0)
+    except Exception as error:  # the scan must not fail for this: the workers skip what they know anyway
+        log.warning("could not ask Triton at %s for %r's version (%s); listing skips nothing", url, model, error)
+        return 0
+
+
+def resolve_model_version(settings: Settings) -> int:
+    if settings.model_version:
+        return settings.model_version
+    if settings.triton_url:
+        return triton_version(settings.triton_url, settings.model)
+    return checkpoint_version(settings.model)
+
+
+def submit_scan(settings: Settings, target: str, full: bool = False) -> Submitted:
+    """List ``target`` into a new scan and queue its chunks; ``full`` re-infers everything (no reuse).
+
+    Raises what listing or the broker raise (the scan is then marked failed).
+    """
+    engine = make_engine(settings.db_url)
+    try:
+        migrate(engine)
+        sessions = session_factory(engine)
+        source = parse_source(target, settings.s3_endpoint_url, settings.s3_region)
+        version = 0 if full else resolve_model_version(settings)
+        producer = create_app(settings)
+        scan_id = open_scan(sessions, source, settings.model)
+
+        def dispatch(chunk: list[ObjectRef]) -> None:
+            producer.send_task(
+                TASK_NAME,
+                args=[scan_id, source.uri, encode_refs(chunk)],
+                kwargs={"reuse": not full},
+                queue=settings.queue,
+            )
+
+        try:
+            skip = (settings.model, version) if version else None
+            total = list_into_scan(sessions, scan_id, source, settings.chunk_size, dispatch, skip_known=skip)
+        finally:
+            producer.close()
+        return Submitted(scan_id, source.uri, total, version)
+    finally:
+        engine.dispose()
