@@ -1,6 +1,7 @@
 """The Celery application: broker, serialisation and the delivery guarantees the scan pipeline relies on.
 
     celery -A worker.app worker --pool=prefork -c 2 -Q gamma.scan
+    celery -A worker.app beat           # scans on the cron schedule of GAMMA_SCHEDULE (worker.schedule)
 
 Why each delivery setting:
 - ``task_acks_late`` + ``task_reject_on_worker_lost``: a message is acknowledged after its chunk is committed,
@@ -21,6 +22,7 @@ from typing import Any
 
 from celery import Celery
 
+from worker.schedule import beat_schedule, load_schedule
 from worker.settings import Settings
 from worker.storage import ObjectRef
 
@@ -55,6 +57,9 @@ def create_app(settings: Settings | None = None) -> Celery:
         broker_connection_retry_on_startup=True,
         worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_hijack_root_logger=False,
+        timezone="UTC",
+        enable_utc=True,
+        beat_schedule=beat_schedule(load_schedule(settings.schedule), settings.queue),
     )
     return app
 

@@ -56,6 +56,7 @@ class Settings:
     retry_backoff_max_s: int = 300
     metrics_port: int = 0  # 0: no /metrics endpoint (worker.metrics)
     metrics_host: str = "0.0.0.0"
+    schedule: str = ""  # beat: inline JSON or a TOML/JSON file of {source, cron} (worker.schedule)
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1:

@@ -29,7 +29,9 @@ from worker.app import TASK_NAME, app, decode_refs, settings
 from worker.db import make_engine, migrate
 from worker.pipeline import mark_failed, run_chunk
 from worker.runtime import Runtime
+from worker.schedule import SUBMIT_TASK_NAME
 from worker.storage import StorageUnavailable
+from worker.submit import submit_scan
 
 log = logging.getLogger(__name__)
 
@@ -142,3 +144,11 @@ def scan_chunk(
         "errors": sum(o.is_error for o in outcomes),
         "reused": sum(o.result_id is not None for o in outcomes),
     }
+
+
+@app.task(name=SUBMIT_TASK_NAME, ignore_result=True)
+def submit_scheduled(source: str, full: bool = False) -> dict[str, int]:
+    """The beat task: submit a scan of ``source`` as ``gamma-submit`` does (list, skip known, queue chunks)."""
+    submitted = submit_scan(settings, source, full=full)
+    log.info("scheduled scan %d of %s: %d objects listed", submitted.scan_id, source, submitted.total)
+    return {"scan_id": submitted.scan_id, "total": submitted.total}
