@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
-SYSTEM_PACKAGES := redis-server postgresql
+SYSTEM_PACKAGES := redis-server postgresql chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SAMPLES := samples
 

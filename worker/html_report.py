@@ -1,0 +1,258 @@
+"""``gamma-report SCAN_ID --html out.html``: one static, self-contained HTML page of a scan's flagged images.
+
+Each flagged image (``ai-generated``, ``manipulated``, ``needs-review``) gets a row: the 512x512 crop the model saw
+(re-made from the original bytes with :func:`gamma.preprocess.preprocess`, so the masks line up exactly), the crop
+with its AI mask in red and with its manipulation mask in blue (the stored 128x128 PNGs scaled by 4), probability,
+verdict and areas. Every picture is a ``data:`` URI made with Pillow: the page needs no server and no bucket
+access to be viewed, and it can be mailed. The table sorts by clicking a header (a few lines of inline JS); the
+page's URL fragment ``#sort=COLUMN:asc|desc`` picks the initial order.
+
+Nothing secret goes in: no database URL, no endpoint, no credentials. URLs shown are stripped of user info and
+query strings (a presigned URL's signature) by :func:`redact`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse, urlunparse
+
+import click
+import numpy as np
+from PIL import Image
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from worker.db import Result, Scan, ScanItem, make_engine, session_factory
+from worker.records import scan_summary
+from worker.settings import Settings
+from worker.storage import ObjectRef, ObjectUnreadable, S3Source, StorageUnavailable, parse_source, s3_client
+
+FLAGGED = ("ai-generated", "manipulated", "needs-review")
+THUMB = 256
+AI_COLOUR = (255, 40, 40)
+MANIPULATION_COLOUR = (40, 110, 255)
+MAX_OVERLAY_ALPHA = 0.65
+
+
+@dataclass
+class Row:
+    key: str
+    verdict: str
+    probability: float
+    ai_area: float | None
+    manipulated_area: float | None
+    ai_mask_url: str | None
+    manipulation_mask_url: str | None
+
+
+def redact(url: str) -> str:
+    """``url`` without user info (``user:password@``) and without a query (presigned signatures)."""
+    parsed = urlparse(url)
+    if not parsed.scheme:
+        return url
+    host = parsed.hostname or ""
+    netloc = host + (f":{parsed.port}" if parsed.port else "")
+    return urlunparse((parsed.scheme, netloc, parsed.path, "", "", ""))
+
+
+class Reader:
+    """Reads originals (from the scan's source) and masks (``file://`` or ``s3://`` URLs)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._s3: object | None = None
+
+    def _client(self) -> object:
+        if self._s3 is None:
+            self._s3 = s3_client(self.settings.s3_endpoint_url, self.settings.s3_region)
+        return self._s3
+
+    def url(self, url: str) -> bytes:
+        parsed = urlparse(url)
+        if parsed.scheme == "file":
+            return Path(unquote(parsed.path)).read_bytes()
+        if parsed.scheme == "s3":
+            return S3Source(parsed.netloc, "", self._client()).get(ObjectRef(unquote(parsed.path.lstrip("/"))), 0)
+        raise ValueError(f"unsupported mask URL scheme {parsed.scheme!r}")
+
+    def original(self, source_uri: str, key: str) -> bytes:
+        source = parse_source(source_uri, self.settings.s3_endpoint_url, self.settings.s3_region)
+        return source.get(ObjectRef(key), 0)
+
+
+def _data_uri(image: Image.Image, fmt: str = "JPEG") -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, quality=82) if fmt == "JPEG" else image.save(buffer, format=fmt)
+    mime = "image/jpeg" if fmt == "JPEG" else "image/png"
+    return f"data:{mime};base64,{base64.b64encode(buffer.getvalue()).decode()}"
+
+
+def _placeholder(text: str) -> Image.Image:
+    from PIL import ImageDraw
+
+    image = Image.new("RGB", (THUMB, THUMB), (70, 70, 70))
+    ImageDraw.Draw(image).text((8, THUMB // 2 - 6), text[:40], fill=(230, 230, 230))
+    return image
+
+
+def crop_image(data: bytes) -> Image.Image:
+    """The 512x512 RGB crop the model saw (the preprocessing contract), as a Pillow image."""
+    from gamma.preprocess import preprocess
+
+    crop = preprocess(data)  # (3, 512, 512) uint8
+    return Image.fromarray(np.ascontiguousarray(np.transpose(crop, (1, 2, 0))))
+
+
+def overlay(base: Image.Image, mask_png: bytes, colour: tuple[int, int, int]) -> Image.Image:
+    """``base`` with ``colour`` blended in where the mask is high (alpha = probability x 0.65)."""
+    with Image.open(io.BytesIO(mask_png)) as opened:
+        mask = opened.convert("L").resize(base.size, Image.Resampling.BILINEAR)
+    alpha = Image.fromarray((np.asarray(mask, dtype=np.float32) * MAX_OVERLAY_ALPHA).astype(np.uint8))
+    return Image.composite(Image.new("RGB", base.size, colour), base, alpha)
+
+
+def pictures(reader: Reader, source_uri: str, row: Row) -> tuple[str, str, str]:
+    """Data URIs of the crop, the crop + AI mask, the crop + manipulation mask (placeholders when unreadable)."""
+    try:
+        base = crop_image(reader.original(source_uri, row.key))
+    except (ObjectUnreadable, StorageUnavailable, OSError, ValueError) as error:
+        base = None
+        reason = type(error).__name__
+    thumbs = []
+    for url, colour in ((row.ai_mask_url, AI_COLOUR), (row.manipulation_mask_url, MANIPULATION_COLOUR)):
+        try:
+            if url is None:
+                raise ValueError("no mask")
+            mask = reader.url(url)
+            shown = overlay(base if base is not None else Image.new("RGB", (512, 512), (30, 30, 30)), mask, colour)
+            thumbs.append(_data_uri(shown.resize((THUMB, THUMB), Image.Resampling.LANCZOS)))
+        except (ObjectUnreadable, StorageUnavailable, OSError, ValueError):
+            thumbs.append(_data_uri(_placeholder("mask unavailable")))
+    original = base.resize((THUMB, THUMB), Image.Resampling.LANCZOS) if base is not None else _placeholder(reason)
+    return _data_uri(original), thumbs[0], thumbs[1]
+
+
+def flagged_rows(session: Session, scan_id: int, limit: int) -> list[Row]:
+    rows = session.execute(
+        select(ScanItem.key, Result)
+        .join(Result, Result.id == ScanItem.result_id)
+        .where(ScanItem.scan_id == scan_id, Result.verdict.in_(FLAGGED))
+        .order_by(Result.probability.desc(), ScanItem.key)
+        .limit(limit)
+    ).all()
+    return [
+        Row(key, r.verdict, float(r.probability or 0.0), r.ai_area, r.manipulated_area, r.ai_mask_url,
+            r.manipulation_mask_url)
+        for key, r in rows
+    ]  # fmt: skip
+
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5em;background:#fafafa;color:#222}
+table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:middle}
+th{cursor:pointer;background:#eee;user-select:none}th.asc::after{content:" ▲"}th.desc::after{content:" ▼"}
+td.key{max-width:22em;word-break:break-all;font-family:monospace}img{display:block;width:160px;height:160px}
+.v-ai-generated{color:#b00}.v-manipulated{color:#036}.v-needs-review{color:#850}
+"""
+
+SCRIPT = """
+(function(){
+  var table=document.getElementById('flagged'), body=table.tBodies[0];
+  function sortBy(col, dir){
+    var sel='[data-col="'+col+'"]', rows=Array.prototype.slice.call(body.rows);
+    var numeric=table.querySelector('th'+sel).dataset.type==='num';
+    rows.sort(function(a,b){
+      var x=a.querySelector('td'+sel).dataset.value, y=b.querySelector('td'+sel).dataset.value;
+      var c=numeric?(parseFloat(x)-parseFloat(y)):x.localeCompare(y);
+      return dir==='asc'?c:-c;
+    });
+    rows.forEach(function(r){body.appendChild(r);});
+    Array.prototype.forEach.call(table.tHead.rows[0].cells,function(th){
+      th.classList.remove('asc','desc'); if(th.dataset.col===col){th.classList.add(dir);}
+    });
+    table.dataset.sortedBy=col+':'+dir;
+  }
+  Array.prototype.forEach.call(table.tHead.rows[0].cells,function(th){
+    if(!th.dataset.col){return;}
+    th.addEventListener('click',function(){sortBy(th.dataset.col, th.classList.contains('desc')?'asc':'desc');});
+  });
+  var m=/sort=([a-z_]+):(asc|desc)/.exec(location.hash);
+  if(m && table.querySelector('th[data-col="'+m[1]+'"]')){sortBy(m[1],m[2]);}
+})();
+"""
+
+COLUMNS = (("key", "key", "str"), ("verdict", "verdict", "str"), ("probability", "probability", "num"),
+           ("ai_area", "AI area", "num"), ("manipulated_area", "manipulated area", "num"))  # fmt: skip
+
+
+def render(session: Session, scan_id: int, reader: Reader, limit: int = 500) -> str:
+    scan = session.get(Scan, scan_id)
+    if scan is None:
+        raise LookupError(f"no scan {scan_id}")
+    summary = scan_summary(session, scan_id)
+    rows = flagged_rows(session, scan_id, limit)
+    e = html.escape
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>GAMMA scan {scan_id}</title><style>{STYLE}</style></head><body>",
+        f"<h1>GAMMA scan {scan_id}</h1>",
+        f'<p id="summary">source <code>{e(redact(scan.source_uri))}</code>, model {e(summary.model)}, '
+        f"status {e(summary.status)}, {summary.processed} / {summary.total} processed; "
+        + ", ".join(f"{e(v)}: {n}" for v, n in sorted(summary.verdicts.items()))
+        + f". {len(rows)} flagged image(s) shown"
+        + (f" (the {limit} most probable)" if len(rows) == limit else "")
+        + ". Red: AI-generated mask; blue: manipulation mask (the 512x512 crop the model saw).</p>",
+        f'<table id="flagged" data-scan="{scan_id}" data-sorted-by="probability:desc"><thead><tr>',
+        "<th>image</th><th>AI mask</th><th>manipulation mask</th>",
+        *(f'<th data-col="{col}" data-type="{kind}">{e(title)}</th>' for col, title, kind in COLUMNS),
+        "</tr></thead><tbody>",
+    ]
+    for row in rows:
+        original, ai, manipulation = pictures(reader, scan.source_uri, row)
+        values = {
+            "key": (row.key, e(row.key)),
+            "verdict": (row.verdict, f'<span class="v-{e(row.verdict)}">{e(row.verdict)}</span>'),
+            "probability": (f"{row.probability:.6f}", f"{row.probability:.3f}"),
+            "ai_area": (f"{row.ai_area or 0.0:.6f}", f"{row.ai_area or 0.0:.1%}"),
+            "manipulated_area": (f"{row.manipulated_area or 0.0:.6f}", f"{row.manipulated_area or 0.0:.1%}"),
+        }
+        out.append(f'<tr class="flagged" data-key="{e(row.key)}" data-verdict="{e(row.verdict)}">')
+        for uri, alt in ((original, "image"), (ai, "AI mask"), (manipulation, "manipulation mask")):
+            out.append(f'<td><img alt="{alt}" src="{uri}"></td>')
+        for col, _, _ in COLUMNS:
+            value, shown = values[col]
+            css = ' class="key"' if col == "key" else ""
+            out.append(f'<td data-col="{col}" data-value="{e(value)}"{css}>{shown}</td>')
+        out.append("</tr>")
+    out += ["</tbody></table>", f"<script>{SCRIPT}</script>", "</body></html>"]
+    return "\n".join(out)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("scan_id", type=int)
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--db", "db_url", default=None, help="Database URL [env GAMMA_DB_URL; default sqlite:///gamma.db].")
+@click.option("--limit", type=click.IntRange(1), default=500, show_default=True, help="Most probable flagged images.")
+def main(scan_id: int, html_path: Path, db_url: str | None, limit: int) -> None:
+    """Write a self-contained HTML page of SCAN_ID's flagged images with their mask overlays."""
+    settings = Settings.from_env(db_url=db_url)
+    engine = make_engine(settings.db_url)
+    try:
+        with session_factory(engine)() as session:
+            page = render(session, scan_id, Reader(settings), limit)
+    except LookupError as error:
+        raise click.ClickException(str(error)) from error
+    finally:
+        engine.dispose()
+    html_path.write_text(page, encoding="utf-8")
+    click.echo(f"{html_path}: {page.count('<tr class=')} flagged image(s)", err=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
