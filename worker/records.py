@@ -320,3 +320,19 @@ def link_known(session: Session, scan_id: int, known: dict[str, tuple[int, Resul
             },
         )
     )
+
+
+MAX_DETAIL = 4000
+
+
+def note_scan(session: Session, scan_id: int, note: str) -> None:
+    """Append a line to the scan's ``detail`` (what happened on the way: redeliveries, retries), bounded."""
+    scan = session.execute(select(Scan).where(Scan.id == scan_id).with_for_update()).scalar_one_or_none()
+    if scan is None:
+        return
+    detail = scan.detail or ""
+    if len(detail) + len(note) + 1 > MAX_DETAIL:
+        if not detail.endswith("(further notes dropped)"):
+            scan.detail = detail + "\n(further notes dropped)"
+        return
+    scan.detail = f"{detail}\n{note}" if detail else note

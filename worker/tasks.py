@@ -26,8 +26,9 @@ from sqlalchemy.exc import OperationalError
 from deploy.triton_client import TritonError, TritonUnavailable
 from worker import metrics
 from worker.app import TASK_NAME, app, decode_refs, settings
-from worker.db import make_engine, migrate
+from worker.db import make_engine, migrate, utcnow
 from worker.pipeline import mark_failed, run_chunk
+from worker.records import note_scan
 from worker.runtime import Runtime
 from worker.schedule import SUBMIT_TASK_NAME
 from worker.storage import StorageUnavailable
@@ -105,8 +106,33 @@ def failure_reason(exc: BaseException) -> str:
     return "internal-error"
 
 
+def _redelivered(task: Task) -> bool:
+    """Redis marks a message it restores (unacked when its worker died, or rejected with requeue) redelivered."""
+    request = task.request
+    delivery_info = getattr(request, "delivery_info", None) or {}
+    headers = getattr(request, "headers", None) or {}
+    return bool(delivery_info.get("redelivered") or headers.get("redelivered") or getattr(request, "redelivered", 0))
+
+
+def _note(runtime: Runtime, scan_id: int, note: str) -> None:
+    try:
+        with runtime.sessions.begin() as session:
+            note_scan(session, scan_id, note)
+    except Exception:  # a note is never worth failing the chunk for
+        log.exception("could not add a note to scan %s", scan_id)
+
+
 class ChunkTask(Task):
-    """Records the chunk's images as failed when the task gives up for good."""
+    """Records the chunk's images as failed when the task gives up for good, and notes retries on the scan."""
+
+    def on_retry(
+        self, exc: BaseException, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], einfo: ExceptionInfo
+    ) -> None:
+        scan_id = args[0] if args else None
+        if scan_id is not None:
+            retries = self.request.retries + 1
+            _note(get_runtime(), scan_id, f"{utcnow():%Y-%m-%d %H:%M:%S} chunk retry {retries}/{self.max_retries} "
+                  f"after {type(exc).__name__}: {str(exc)[:200]}")  # fmt: skip
 
     def on_failure(
         self, exc: BaseException, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], einfo: ExceptionInfo
@@ -138,7 +164,12 @@ def scan_chunk(
     ``reuse`` (the default; ``gamma-submit --full`` sends False): objects unchanged since a result of this
     model version are not fetched, and known content under a new key is not inferred.
     """
-    outcomes = run_chunk(get_runtime(), source_uri, decode_refs(items), scan_id, reuse)
+    runtime = get_runtime()
+    if scan_id is not None and _redelivered(self):
+        log.warning("chunk %s of scan %s was redelivered: running it again", self.request.id, scan_id)
+        _note(runtime, scan_id, f"{utcnow():%Y-%m-%d %H:%M:%S} chunk of {len(items)} redelivered "
+              "(a worker process died or lost the broker mid-chunk); processed again")  # fmt: skip
+    outcomes = run_chunk(runtime, source_uri, decode_refs(items), scan_id, reuse)
     return {
         "images": len(outcomes),
         "errors": sum(o.is_error for o in outcomes),
