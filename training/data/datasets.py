@@ -15,7 +15,7 @@ Layouts (``<stem>`` pairs an image with its mask; masks are PNG, non-zero = fore
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,17 +158,20 @@ def _resize_masks(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 class GammaDataset(torch.utils.data.Dataset):
     """Sample -> (image (3,S,S) uint8, label float, AI mask (1,S,S) float, manipulation mask (1,S,S) float).
 
-    The pipeline is the serving contract with training's crop: decode -> [augment] -> resize_short_side ->
-    align_format (JPEG-96) -> random crop (1-px padding) for training, center crop otherwise. Augmentations run
-    before alignment because they stand for what happened to an image before it reached us.
+    The pipeline is the serving contract with training's crop: decode -> [augment | degrade] -> resize_short_side
+    -> align_format (JPEG-96) -> random crop (1-px padding) for training, center crop otherwise. Augmentations (and
+    evaluation's fixed ``degrade``) run before alignment: they stand for what happened to an image before it reached
+    us. ``degrade`` may change the image size; masks follow.
     """
 
     def __init__(
         self, samples: Sequence[Sample], crop: int = contract.CROP_SIZE, train: bool = False,
         augment: Augment | None = None, seed: int = 0, padding: int = 1,
+        degrade: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:  # fmt: skip
         self.samples = list(samples)
         self.crop, self.train, self.augment, self.seed, self.padding = crop, train, augment, seed, padding
+        self.degrade = degrade
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -190,6 +193,8 @@ class GammaDataset(torch.utils.data.Dataset):
         )
         if self.train and self.augment is not None:
             rgb, masks = self.augment(rgb, masks, self._rng(index))
+        if self.degrade is not None:
+            rgb = np.ascontiguousarray(self.degrade(rgb))
         rgb = contract.resize_short_side(rgb, contract.CROP_SIZE)
         masks = _resize_masks(masks, (rgb.shape[1], rgb.shape[0]))
         return contract.align_format(rgb), masks, sample.label

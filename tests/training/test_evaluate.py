@@ -1,0 +1,87 @@
+"""evaluate.py on small folders written here, with a random-weight checkpoint: layouts, report shape, the
+contract, the robustness sweep and its plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gamma.preprocess import preprocess
+from tests.fixtures.models import make_checkpoint
+from training import evaluate
+from training.data.datasets import GammaDataset, Sample
+
+
+def _write(path: Path, seed: int, size: tuple[int, int] = (96, 80)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("ckpt") / "gamma-eval-test"
+    make_checkpoint(directory)
+    return directory
+
+
+def test_report_on_real_ai_folders_with_masks_and_sweep(checkpoint: Path, tmp_path: Path) -> None:
+    for i in range(3):
+        _write(tmp_path / "data" / "real" / f"r{i}.jpg", i)
+        _write(tmp_path / "data" / "ai" / f"a{i}.png", 10 + i)
+    mask = np.zeros((80, 96), np.uint8)
+    mask[:40] = 255
+    (tmp_path / "data" / "masks").mkdir()
+    Image.fromarray(mask).save(tmp_path / "data" / "masks" / "a0.png")
+    plan = {
+        k: v[:1] for k, v in evaluate.sweep_plan(jpeg_levels=(30,), blur_levels=(2.0,), scale_levels=(0.5,)).items()
+    }
+    report = evaluate.evaluate(str(checkpoint), tmp_path / "data", plan=plan, progress=False, batch_size=3)
+    overall = report["clean"]["overall"]
+    assert overall["count"] == 6 and overall["real"] == 3 and overall["ai"] == 3
+    for key in ("accuracy", "balanced_accuracy", "ap", "roc_auc", "ece", "threshold_fpr_1pct", "ai_mask_f1"):
+        assert key in overall
+    assert 0.0 <= overall["accuracy"] <= 1.0 and set(report["clean"]) == {"overall", "real", "ai"}
+    assert [p["level"] for p in report["robustness"]["jpeg_quality"]] == [30]
+    pytest.importorskip("matplotlib")
+    plots = evaluate.plot_sweep(report["robustness"], tmp_path / "plots")
+    assert {p.name for p in plots} >= {"robustness_accuracy.png", "robustness_ap.png"}
+    assert all(p.stat().st_size > 1000 for p in plots)
+    json.dumps(report, default=float)  # the report is JSON-serialisable
+
+
+def test_cli_on_genimage_layout(checkpoint: Path, tmp_path: Path) -> None:
+    for generator in ("ADM", "VQDM"):
+        _write(tmp_path / "gi" / generator / "val" / "ai" / "1.png", 1)
+        _write(tmp_path / "gi" / generator / "val" / "nature" / "2.jpg", 2)
+    out = tmp_path / "report.json"
+    evaluate.main(["--checkpoint", str(checkpoint), "--data", str(tmp_path / "gi"), "--json", str(out),
+                   "--no-robustness", "--threads", "1"])  # fmt: skip
+    report = json.loads(out.read_text())
+    assert set(report["clean"]) == {"overall", "ADM", "VQDM"}
+    assert report["clean"]["ADM"]["count"] == 2 and "robustness" not in report
+
+
+def test_degradations_happen_before_the_contract(tmp_path: Path) -> None:
+    _write(tmp_path / "x.png", 3, (640, 600))
+    sample = Sample(tmp_path / "x.png", 0)
+    clean = GammaDataset([sample])[0][0].numpy()
+    assert np.array_equal(clean, preprocess((tmp_path / "x.png").read_bytes()))
+    rgb = np.asarray(Image.open(tmp_path / "x.png"))
+    assert evaluate.downscale(0.5)(rgb).shape == (300, 320, 3)
+    assert (
+        np.abs(evaluate.jpeg(30)(rgb).astype(int) - rgb).mean()
+        > np.abs(evaluate.jpeg(100)(rgb).astype(int) - rgb).mean()
+    )
+    halved = GammaDataset([sample], degrade=evaluate.downscale(0.5))[0][0]
+    assert halved.shape == (3, 512, 512) and not np.array_equal(halved.numpy(), clean)
+
+
+def test_limit_per_group_is_balanced() -> None:
+    samples = [Sample(Path(f"{g}{label}{i}.png"), label, group=g) for g in "ab" for label in (0, 1) for i in range(5)]
+    chosen = evaluate.limit_per_group(samples, 2)
+    assert len(chosen) == 8 and sum(s.label for s in chosen) == 4

@@ -1,0 +1,200 @@
+"""Loaders on small trees written here, the label table, builders, augmentations and the loss."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gamma.model import GammaOutput
+from training.augment import Augment
+from training.data import builders, datasets
+from training.labels import LABELS, label_of
+from training.losses import gamma_loss
+
+
+def _image(path: Path, size: tuple[int, int] = (64, 48), value: int = 128, fmt: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(abs(hash(path.name)) % 2**32)
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path, fmt)
+    return path
+
+
+def _mask(path: Path, size: tuple[int, int] = (64, 48)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mask = np.zeros((size[1], size[0]), np.uint8)
+    mask[:, : size[0] // 2] = 255  # left half
+    Image.fromarray(mask).save(path)
+    return path
+
+
+def test_label_table_is_table_one() -> None:
+    assert label_of("real").cls == 0 and label_of("real").ai_spec == "none"
+    assert label_of("inpaint").cls == 1 and label_of("inpaint").ai_spec == "all"
+    assert label_of("inpaint").manipulation_spec == "region"
+    assert label_of("inpaint_blended").ai_spec == "region"
+    for kind in ("copy_move", "splicing"):  # TampCOCO: real for the classifier, manipulated pixels in the mask
+        assert (
+            label_of(kind).cls == 0
+            and label_of(kind).ai_spec == "none"
+            and label_of(kind).manipulation_spec == "region"
+        )
+    assert {k: v.cls for k, v in LABELS.items()}["synthetic"] == 1
+    with pytest.raises(KeyError, match="unknown sample kind"):
+        label_of("deepfake")
+
+
+def test_coco_real_inpaint_and_tampcoco_layouts(tmp_path: Path) -> None:
+    _image(tmp_path / "coco" / "000001.jpg")
+    _image(tmp_path / "coco" / "sub" / "000002.png")
+    for stem in ("000001", "000002"):
+        _image(tmp_path / "inp" / "inpainted" / f"{stem}.png")
+        _image(tmp_path / "inp" / "blended" / f"{stem}.png")
+        _mask(tmp_path / "inp" / "masks" / f"{stem}.png")
+    for prefix in ("cm", "sp"):
+        _image(tmp_path / "tamp" / f"{prefix}_images" / "a.jpg")
+        _mask(tmp_path / "tamp" / f"{prefix}_masks" / "a.png")
+
+    real = datasets.coco_real(tmp_path / "coco")
+    assert [(s.image.name, s.label, s.ai_mask, s.manipulation_mask) for s in real] == [
+        ("000001.jpg", 0, "none", "none"), ("000002.png", 0, "none", "none")
+    ]  # fmt: skip
+    inpainted = datasets.coco_inpaint(tmp_path / "inp")
+    assert all(
+        s.label == 1 and s.ai_mask == "all" and Path(s.manipulation_mask).parent.name == "masks" for s in inpainted
+    )
+    blended = datasets.coco_inpaint(tmp_path / "inp", blended=True)
+    assert all(
+        s.ai_mask == s.manipulation_mask and Path(s.ai_mask).name == s.image.with_suffix(".png").name for s in blended
+    )
+    tamp = datasets.tampcoco(tmp_path / "tamp")
+    assert sorted(s.group for s in tamp) == ["copy_move", "splicing"]
+    assert all(s.label == 0 and s.ai_mask == "none" and Path(s.manipulation_mask).is_file() for s in tamp)
+
+
+def test_missing_mask_is_an_error(tmp_path: Path) -> None:
+    _image(tmp_path / "inp" / "inpainted" / "x.png")
+    with pytest.raises(FileNotFoundError, match="no mask"):
+        datasets.coco_inpaint(tmp_path / "inp")
+
+
+def test_manifest_layout(tmp_path: Path) -> None:
+    _image(tmp_path / "images" / "a.jpg")
+    _image(tmp_path / "images" / "b.webp", fmt="WEBP")
+    _mask(tmp_path / "masks" / "b.png")
+    rows = [
+        {"image": "images/a.jpg", "label": 0, "ai_mask": "none", "manipulation_mask": "none"},
+        {"image": "images/b.webp", "label": 1, "ai_mask": "masks/b.png", "manipulation_mask": "all", "kind": "x"},
+    ]
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    a, b = datasets.manifest(tmp_path / "m.jsonl")
+    assert (a.label, a.ai_mask, b.label, b.ai_mask, b.manipulation_mask, b.group) == (
+        0, "none", 1, tmp_path / "masks" / "b.png", "all", "x"
+    )  # fmt: skip
+    (tmp_path / "bad.jsonl").write_text('{"image": "images/a.jpg"}\n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1"):
+        datasets.manifest(tmp_path / "bad.jsonl")
+
+
+def test_genimage_and_plain_eval_layouts(tmp_path: Path) -> None:
+    for generator in ("ADM", "BigGAN"):
+        _image(tmp_path / "gi" / generator / "val" / "ai" / "1.png")
+        _image(tmp_path / "gi" / generator / "val" / "nature" / "2.JPEG")
+        _image(tmp_path / "gi" / generator / "train" / "ai" / "3.png")
+    samples = datasets.genimage(tmp_path / "gi")
+    assert datasets.is_genimage(tmp_path / "gi")
+    assert [(s.group, s.label) for s in samples] == [("ADM", 0), ("ADM", 1), ("BigGAN", 0), ("BigGAN", 1)]
+    _image(tmp_path / "plain" / "real" / "r.jpg")
+    _image(tmp_path / "plain" / "ai" / "f.png")
+    _image(tmp_path / "plain" / "ai" / "g.png")
+    _mask(tmp_path / "plain" / "masks" / "f.png")
+    plain = datasets.real_ai_folders(tmp_path / "plain")
+    assert not datasets.is_genimage(tmp_path / "plain")
+    assert [(s.image.name, s.label, str(s.ai_mask).endswith("f.png")) for s in plain] == [
+        ("r.jpg", 0, False), ("f.png", 1, True), ("g.png", 1, False)
+    ]  # fmt: skip
+    assert plain[2].ai_mask == "all"
+
+
+def test_dataset_follows_the_contract_and_keeps_masks_aligned(tmp_path: Path) -> None:
+    """Mask pixels travel with image pixels through upsizing, alignment, crop and flip."""
+    image = np.zeros((256, 320, 3), np.uint8)
+    image[:, :160] = 255  # left half white, like the mask
+    Image.fromarray(image).save(tmp_path / "a.png")
+    _mask(tmp_path / "m.png", (320, 256))
+    sample = datasets.Sample(tmp_path / "a.png", 1, tmp_path / "m.png", "all")
+    val = datasets.GammaDataset([sample], crop=512)
+    img, label, ai, mani = val[0]
+    assert img.shape == (3, 512, 512) and img.dtype == torch.uint8 and label.item() == 1.0
+    assert ai.shape == mani.shape == (1, 512, 512) and mani.min() == 1.0
+    white = img.float().mean(0) > 127
+    assert (white == (ai[0] > 0.5)).float().mean() > 0.99
+    flip = Augment(blur_prob=0, jpeg_prob=0, jitter_prob=0, flip_prob=1.0)
+    train = datasets.GammaDataset([sample], crop=256, train=True, augment=flip, seed=3)
+    for epoch in range(3):
+        train.set_epoch(epoch)
+        img, _, ai, _ = train[0]
+        white = img.float().mean(0) > 127
+        assert img.shape == (3, 256, 256) and (white == (ai[0] > 0.5)).float().mean() > 0.98
+
+
+def test_contract_is_the_serving_preprocess(tmp_path: Path) -> None:
+    """Validation tensors are exactly what serving computes from the same bytes."""
+    from gamma.preprocess import preprocess
+
+    path = _image(tmp_path / "x.jpg", (700, 600))
+    img, *_ = datasets.GammaDataset([datasets.Sample(path, 0)], crop=512)[0]
+    assert np.array_equal(img.numpy(), preprocess(path.read_bytes()))
+
+
+def test_random_masks_and_copy_move_only_move_real_pixels() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    for shape in ("polygon", "ellipse", "brush"):
+        mask = builders.random_mask(96, 128, rng, shape=shape)
+        assert mask.any() and mask.mean() < 0.6
+    edited, region = builders.copy_move(image, rng)
+    assert np.array_equal(edited[~region], image[~region])  # nothing outside the destination changed
+    colours = {tuple(p) for p in image.reshape(-1, 3)}
+    assert all(tuple(p) in colours for p in edited[region])  # every moved pixel existed in the photo
+    donor = rng.integers(0, 255, (80, 100, 3), dtype=np.uint8)
+    spliced, region = builders.splice(image, donor, rng)
+    assert np.array_equal(spliced[~region], image[~region])
+
+
+def test_blend_and_prior_compression() -> None:
+    rng = np.random.default_rng(1)
+    original = np.zeros((32, 32, 3), np.uint8)
+    generated = np.full((32, 32, 3), 200, np.uint8)
+    mask = np.zeros((32, 32), bool)
+    mask[8:16, 8:16] = True
+    blended = builders.blend_inpainted(generated, original, mask)
+    assert blended[mask].min() == 200 and blended[~mask].max() == 0
+    formats = {builders.prior_compress(original, rng)[1] for _ in range(20)}
+    assert formats == {"jpg", "webp"}
+
+
+def test_view_sampling_never_upsamples_and_matches_the_range() -> None:
+    rng = np.random.default_rng(2)
+    spec = builders.ViewSpec(short_side=(256, 384))
+    for source in (np.zeros((1600, 2560, 3), np.uint8), np.zeros((400, 400, 3), np.uint8)):
+        for _ in range(10):
+            view = builders.sample_view(source, rng, spec)
+            assert 256 <= min(view.shape[:2]) <= 384
+            assert max(view.shape[:2]) / min(view.shape[:2]) <= 1.5 + 0.01
+
+
+def test_loss_weights_are_two_two_one() -> None:
+    zeros = torch.zeros(2, 1, 4, 4)
+    output = GammaOutput(torch.zeros(2), zeros, zeros)
+    total, parts = gamma_loss(output, torch.ones(2), torch.ones(2, 1, 16, 16), torch.zeros(2, 1, 16, 16))
+    ln2 = float(np.log(2))  # BCE of logit 0 against any binary target
+    assert parts["cls"].item() == pytest.approx(ln2) and parts["manipulation_mask"].item() == pytest.approx(ln2)
+    assert total.item() == pytest.approx(2 * (ln2 + ln2) + ln2)
+    confident = GammaOutput(torch.full((2,), 20.0), torch.full((2, 1, 4, 4), 20.0), torch.full((2, 1, 4, 4), -20.0))
+    total, _ = gamma_loss(confident, torch.ones(2), torch.ones(2, 1, 16, 16), torch.zeros(2, 1, 16, 16))
+    assert total.item() < 1e-6
