@@ -4,6 +4,7 @@ row per image, none of them an error, and say on the scan row what happened. Eve
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -132,7 +133,8 @@ def test_redis_restarted_mid_scan_with_aof(tiny_checkpoint: Checkpoint, services
     env = worker_env(tmp_path, f"redis://{HOST}:{port}/0", str(tiny_checkpoint.path), "faults.redis")
     # The chunk that was running when the broker went away stays in Redis' unacked set (it survives in the
     # AOF) and comes back after the visibility timeout: shortened here (limits shortened to stay below it).
-    env.update({"GAMMA_SOFT_TIME_LIMIT_S": "15", "GAMMA_TIME_LIMIT_S": "20", "GAMMA_VISIBILITY_TIMEOUT_S": "30"})
+    env.update({"GAMMA_SOFT_TIME_LIMIT_S": "6", "GAMMA_TIME_LIMIT_S": "8", "GAMMA_RETRY_BACKOFF_MAX_S": "2"})
+    env["GAMMA_VISIBILITY_TIMEOUT_S"] = "12"
     settings = Settings.from_env(env)
     try:
         scan_id = submit_scan(settings, str(tmp_path / "images")).scan_id  # 6 chunks, persisted by the AOF
@@ -148,3 +150,29 @@ def test_redis_restarted_mid_scan_with_aof(tiny_checkpoint: Checkpoint, services
         stop_process(redis)
     scan = assert_complete(settings.db_url, scan_id, keys)
     assert "redelivered" in (scan.detail or ""), scan.detail
+
+
+def test_triton_stopped_and_restarted_mid_scan(
+    redis_url: str, triton_repository: Path, services_dir: Path, tmp_path: Path
+) -> None:
+    from deploy.triton_server import TritonServer
+
+    if importlib.util.find_spec("pytriton") is None:
+        pytest.skip("nvidia-pytriton (the tritonserver binary) is not installed: make setup")
+    server = TritonServer(
+        triton_repository, http_port=free_port(), grpc_port=free_port(), log_file=tmp_path / "triton.log"
+    )
+    keys = write_images(tmp_path / "images", 12)
+    env = worker_env(tmp_path, redis_url, "gamma-test", "faults.triton")
+    env.update({"GAMMA_TRITON_URL": server.grpc_url, "GAMMA_RETRY_BACKOFF_MAX_S": "2", "GAMMA_MAX_RETRIES": "30"})
+    env["GAMMA_TRITON_TIMEOUT_S"] = "10"
+    settings = Settings.from_env(env)
+    with server, celery_worker(env, services_dir, concurrency=1, queue="faults.triton"):
+        scan_id = submit_scan(settings, str(tmp_path / "images")).scan_id
+        wait_for(lambda: scan_state(settings.db_url, scan_id).processed >= 2, 90, "first chunk")
+        server.stop()  # mid-scan: the next chunks get UNAVAILABLE and retry with backoff
+        time.sleep(2.0)
+        server.start().wait_ready(60)
+        wait_for(lambda: scan_state(settings.db_url, scan_id).status == "done", 120, "scan done after restart")
+    scan = assert_complete(settings.db_url, scan_id, keys)
+    assert "retry" in (scan.detail or "") and "TritonUnavailable" in (scan.detail or ""), scan.detail
