@@ -68,6 +68,10 @@ class ServedModel:
 def _translate(exc: InferenceServerException, what: str) -> TritonError:
     status = exc.status() or ""
     message = exc.message() or str(exc)
+    if "has no available versions" in message:
+        # The name is known but no version is loaded: the server is starting, stopping or reloading the model
+        # (seen while Triton drains on SIGTERM). Transient; a model that never loads ends as retries-exhausted.
+        return TritonUnavailable(f"{what}: model loading or unloading: {message}")
     if status == "StatusCode.NOT_FOUND" or "unknown model" in message:
         return ModelNotFound(f"{what}: {message}")
     if status in RETRYABLE_STATUS:

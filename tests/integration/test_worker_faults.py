@@ -115,6 +115,7 @@ def test_a_worker_child_killed_mid_chunk(
     assert "redelivered" in (scan.detail or ""), scan.detail
 
 
+@pytest.mark.slow  # ~100 s: kombu restores the chunk that was unacked when Redis went away only periodically
 def test_redis_restarted_mid_scan_with_aof(tiny_checkpoint: Checkpoint, services_dir: Path, tmp_path: Path) -> None:
     directory = tmp_path / "redis"
     directory.mkdir()

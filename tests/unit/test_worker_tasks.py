@@ -113,3 +113,16 @@ def test_delivery_settings_are_the_safe_ones() -> None:
     assert conf.broker_transport_options["visibility_timeout"] > conf.task_time_limit > conf.task_soft_time_limit
     task = tasks.scan_chunk
     assert task.autoretry_for == tasks.TRANSIENT_ERRORS and task.retry_backoff and task.retry_jitter
+
+
+def test_a_model_without_a_loaded_version_is_transient_but_an_unknown_name_is_not() -> None:
+    from tritonclient.utils import InferenceServerException
+
+    from deploy.triton_client import ModelNotFound, TritonUnavailable, _translate
+
+    draining = InferenceServerException(
+        "Request for unknown model: 'm' has no available versions", "StatusCode.UNAVAILABLE"
+    )
+    assert isinstance(_translate(draining, "infer"), TritonUnavailable)  # Triton stopping or (re)loading it
+    unknown = InferenceServerException("Request for unknown model: 'x' is not found", "StatusCode.NOT_FOUND")
+    assert isinstance(_translate(unknown, "infer"), ModelNotFound)
