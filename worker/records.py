@@ -210,6 +210,7 @@ class ScanSummary:
     verdicts: Counter[str] = field(default_factory=Counter)
     error_reasons: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
+    detail: str = ""  # what happened on the way: retries, redeliveries, why the listing failed
 
     @property
     def images_per_second(self) -> float:
@@ -227,6 +228,7 @@ class ScanSummary:
             "error_reasons": dict(self.error_reasons),
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 3),
+            "detail": self.detail,
         }
 
 
@@ -248,6 +250,7 @@ def scan_summary(session: Session, scan_id: int) -> ScanSummary:
         model=f"{scan.model_name} v{scan.model_version}" if scan.model_version is not None else scan.model_name,
         total=scan.total,
         processed=scan.processed,
+        detail=scan.detail or "",
     )
     for verdict, reason, count in rows:
         summary.verdicts[verdict] += count

@@ -69,6 +69,9 @@ def summary_table(summary: ScanSummary) -> Table:
     table.add_section()
     table.add_row("processed / listed", f"{summary.processed} / {summary.total}", "")
     table.add_row("images/s", f"{summary.images_per_second:.2f}", f"{summary.seconds:.1f} s")
+    if summary.detail:
+        lines = summary.detail.splitlines()
+        table.caption = "\n".join(lines[-5:]) + (f"\n(+{len(lines) - 5} earlier notes)" if len(lines) > 5 else "")
     return table
 
 
