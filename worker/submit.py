@@ -34,14 +34,20 @@ class Submitted:
     model_version: int
 
 
-def checkpoint_version(name_or_path: str) -> int:
-    """``version`` of a checkpoint's ``metadata.json`` (1 without one), 0 if there is no such checkpoint here."""
+def checkpoint_identity(name_or_path: str) -> tuple[str, int]:
+    """(name, version) a worker holding this checkpoint records, as ``gamma.weights.Checkpoint`` derives them:
+    ``metadata.json``'s name (else the folder's) and version (else 1); ``(name_or_path, 0)`` if it is not here."""
     extra = [Path(p) for p in os.environ.get("GAMMA_MODEL_PATH", "").split(os.pathsep) if p]
     for folder in (Path(name_or_path), *(root / name_or_path for root in (*extra, REPO_MODELS_DIR))):
         if (folder / "model.safetensors").is_file():
-            metadata = folder / "metadata.json"
-            return int(json.loads(metadata.read_text()).get("version", 1)) if metadata.is_file() else 1
-    return 0
+            path = folder / "metadata.json"
+            metadata = json.loads(path.read_text()) if path.is_file() else {}
+            return str(metadata.get("name") or folder.name), int(metadata.get("version", 1))
+    return name_or_path, 0
+
+
+def checkpoint_version(name_or_path: str) -> int:
+    return checkpoint_identity(name_or_path)[1]
 
 
 def triton_version(url: str, model: str, timeout_s: float = 5.0) -> int:
@@ -60,12 +66,12 @@ def triton_version(url: str, model: str, timeout_s: float = 5.0) -> int:
         return 0
 
 
-def resolve_model_version(settings: Settings) -> int:
-    if settings.model_version:
-        return settings.model_version
-    if settings.triton_url:
-        return triton_version(settings.triton_url, settings.model)
-    return checkpoint_version(settings.model)
+def resolve_model(settings: Settings) -> tuple[str, int]:
+    """(model name, version) the workers will record; version 0 when it cannot be known here."""
+    if settings.triton_url:  # Triton serves the model under the configured name
+        return settings.model, settings.model_version or triton_version(settings.triton_url, settings.model)
+    name, version = checkpoint_identity(settings.model)
+    return name, settings.model_version or version
 
 
 def submit_scan(settings: Settings, target: str, full: bool = False) -> Submitted:
@@ -78,7 +84,7 @@ def submit_scan(settings: Settings, target: str, full: bool = False) -> Submitte
         migrate(engine)
         sessions = session_factory(engine)
         source = parse_source(target, settings.s3_endpoint_url, settings.s3_region)
-        version = 0 if full else resolve_model_version(settings)
+        name, version = (settings.model, 0) if full else resolve_model(settings)
         producer = create_app(settings)
         scan_id = open_scan(sessions, source, settings.model)
 
@@ -91,7 +97,7 @@ def submit_scan(settings: Settings, target: str, full: bool = False) -> Submitte
             )
 
         try:
-            skip = (settings.model, version) if version else None
+            skip = (name, version) if version else None
             total = list_into_scan(sessions, scan_id, source, settings.chunk_size, dispatch, skip_known=skip)
         finally:
             producer.close()

@@ -20,7 +20,7 @@ from worker.runtime import Runtime
 from worker.scans import list_into_scan, open_scan
 from worker.settings import Settings
 from worker.storage import LocalSource, ObjectRef
-from worker.submit import checkpoint_version, submit_scan
+from worker.submit import checkpoint_identity, checkpoint_version, submit_scan
 
 COUNT = 5
 
@@ -169,6 +169,13 @@ def test_gamma_submit_queues_only_what_is_unknown(tmp_path: Path, monkeypatch: p
     (tmp_path / "models" / "gamma-fake" / "model.safetensors").write_bytes(b"")
     (tmp_path / "models" / "gamma-fake" / "metadata.json").write_text('{"version": 1}')
     assert checkpoint_version("gamma-fake") == 1
+    # A checkpoint given by path is recorded under its metadata name: the listing must look that name up.
+    (tmp_path / "models" / "gamma-fake" / "metadata.json").write_text('{"version": 1, "name": "gamma-fake"}')
+    (tmp_path / "elsewhere" / "renamed").mkdir(parents=True)
+    shutil.copy(tmp_path / "models" / "gamma-fake" / "metadata.json", tmp_path / "elsewhere" / "renamed")
+    (tmp_path / "elsewhere" / "renamed" / "model.safetensors").write_bytes(b"")
+    assert checkpoint_identity(str(tmp_path / "elsewhere" / "renamed")) == ("gamma-fake", 1)
+    assert checkpoint_identity("no-such-model") == ("no-such-model", 0)
 
     app = create_app(settings)
     with app.connection() as connection:
@@ -179,6 +186,10 @@ def test_gamma_submit_queues_only_what_is_unknown(tmp_path: Path, monkeypatch: p
         assert submitted.model_version == 1 and submitted.total == COUNT + 1
         assert channel.queue_declare(settings.queue, passive=True).message_count == 0
         assert scan_row(runtime, submitted.scan_id).status == "done"
+
+        by_path = submit_scan(settings.replace(model=str(tmp_path / "elsewhere" / "renamed")), str(tmp_path / "images"))
+        assert channel.queue_declare(settings.queue, passive=True).message_count == 0
+        assert scan_row(runtime, by_path.scan_id).status == "done"
 
         full = submit_scan(settings, str(tmp_path / "images"), full=True)
         assert channel.queue_declare(settings.queue, passive=True).message_count == 3  # 6 keys, chunks of 2
