@@ -74,7 +74,7 @@ def test_every_flagged_image_has_a_row_with_embedded_pictures(report: tuple[Path
     ai_overlay = Image.open(io.BytesIO(base64.b64decode(uris[1]))).convert("RGB")  # brightest image, AI mask
     red, green, _ = ai_overlay.getpixel((128, 128))
     assert ai_overlay.size == (256, 256) and red > green + 30  # the red overlay is there
-    assert "src=\"http" not in page and "file://" not in page  # self-contained: nothing fetched when viewed
+    assert 'src="http' not in page and "file://" not in page  # self-contained: nothing fetched when viewed
 
 
 def test_no_credentials_in_the_page(report: tuple[Path, dict[str, str]]) -> None:
@@ -126,3 +126,36 @@ def html_unescape(text: str) -> str:
     import html
 
     return html.unescape(text)
+
+
+def test_masks_and_originals_are_read_from_s3(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The page's pictures come from the stored URLs when those are in a bucket (moto in-process)."""
+    from moto import mock_aws
+
+    from worker.html_report import Reader, pictures
+    from worker.html_report import Row as ReportRow
+    from worker.storage import s3_client
+
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "k",
+        "AWS_SECRET_ACCESS_KEY": SECRET,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    with mock_aws():
+        s3 = s3_client()
+        s3.create_bucket(Bucket="uploads")
+        s3.create_bucket(Bucket="masks")
+        buffer = io.BytesIO()
+        Image.new("RGB", (300, 200), (40, 40, 40)).save(buffer, format="PNG")
+        s3.put_object(Bucket="uploads", Key="p/a b.png", Body=buffer.getvalue())
+        mask = io.BytesIO()
+        Image.new("L", (128, 128), 255).save(mask, format="PNG")
+        s3.put_object(Bucket="masks", Key="g/ai.png", Body=mask.getvalue())
+        row = ReportRow("p/a b.png", "ai-generated", 0.9, 1.0, 0.0, "s3://masks/g/ai.png", "s3://masks/g/missing.png")
+        original, ai, manipulation = pictures(Reader(Settings()), "s3://uploads/p/", row)
+    decoded = [Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB") for uri in (original, ai)]
+    assert decoded[0].getpixel((128, 128)) == pytest.approx((40, 40, 40), abs=4)
+    red, green, _ = decoded[1].getpixel((128, 128))
+    assert red > 150 and green < 80  # full-probability AI mask: strongly red
+    assert manipulation.startswith("data:image/jpeg;base64,")  # a missing mask is a placeholder, not a crash
