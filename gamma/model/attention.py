@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gamma.model.encoder import split_heads
+
 
 class ReverseCrossAttention(nn.Module):
     """Multi-head attention, Query from segmentation tokens, Key/Value from classification tokens.
@@ -32,13 +34,11 @@ class ReverseCrossAttention(nn.Module):
         self.v = nn.Linear(context_size, context_size)
         self.proj = nn.Linear(context_size, context_size)
 
-    def _heads(self, tokens: torch.Tensor) -> torch.Tensor:
-        batch, length, channels = tokens.shape
-        return tokens.reshape(batch, length, self.num_heads, channels // self.num_heads).transpose(1, 2)
-
     def forward(self, queries: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         attended = F.scaled_dot_product_attention(
-            self._heads(self.q(queries)), self._heads(self.k(context)), self._heads(self.v(context))
+            split_heads(self.q(queries), self.num_heads),
+            split_heads(self.k(context), self.num_heads),
+            split_heads(self.v(context), self.num_heads),
         )
         # Pool before the output projection: it is affine, so mean(proj(x)) == proj(mean(x)), at 1/Nq the cost.
         pooled = attended.mean(dim=2)  # (B, heads, D_c / heads)

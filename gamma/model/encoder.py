@@ -14,6 +14,12 @@ from torch import nn
 from gamma.config import GammaConfig
 
 
+def split_heads(tokens: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(B, N, C) -> (B, heads, N, C / heads), the layout scaled_dot_product_attention expects."""
+    batch, length, channels = tokens.shape
+    return tokens.reshape(batch, length, num_heads, channels // num_heads).transpose(1, 2)
+
+
 class OverlapPatchEmbed(nn.Module):
     """Strided conv with kernel > stride, so neighbouring patches overlap.
 
@@ -51,10 +57,6 @@ class EfficientSelfAttention(nn.Module):
             self.sr = nn.Conv2d(hidden_size, hidden_size, sr_ratio, sr_ratio)
             self.sr_norm = nn.LayerNorm(hidden_size, eps=eps)
 
-    def _heads(self, tokens: torch.Tensor) -> torch.Tensor:
-        batch, length, channels = tokens.shape
-        return tokens.reshape(batch, length, self.num_heads, channels // self.num_heads).transpose(1, 2)
-
     def forward(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
         batch, length, channels = tokens.shape
         context = tokens
@@ -62,7 +64,9 @@ class EfficientSelfAttention(nn.Module):
             grid = tokens.transpose(1, 2).reshape(batch, channels, height, width)
             context = self.sr_norm(self.sr(grid).flatten(2).transpose(1, 2))
         attended = F.scaled_dot_product_attention(
-            self._heads(self.q(tokens)), self._heads(self.k(context)), self._heads(self.v(context))
+            split_heads(self.q(tokens), self.num_heads),
+            split_heads(self.k(context), self.num_heads),
+            split_heads(self.v(context), self.num_heads),
         )
         return self.proj(attended.transpose(1, 2).reshape(batch, length, channels))
 
