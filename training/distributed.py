@@ -78,6 +78,15 @@ def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return values
 
 
+def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) to every rank. DDP broadcasts them at the start of each
+    forward, so after the last training step each rank still holds its own updates; without this, ranks would
+    validate and save slightly different models."""
+    if info.enabled:
+        for buffer in module.buffers():
+            dist.broadcast(buffer.data, src=0)
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

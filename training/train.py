@@ -206,6 +206,7 @@ class Trainer:
             if time.time() >= deadline:
                 break
             train_stats = self.train_epoch(deadline)
+            distributed.broadcast_buffers(self.model, self.info)
             val = evaluate(self.model, self.val_set, self.config, self.info)
             better = self.improved(val["accuracy"])
             if better and self.info.is_main:
