@@ -84,6 +84,13 @@ def submit(
 @click.option("--masks", "masks_url", default=None, help="Mask folder or s3://bucket/prefix [default ./masks].")
 @click.option("--chunk-size", type=click.IntRange(1), default=None, help="Images per chunk [env GAMMA_CHUNK_SIZE].")
 @click.option("--full", is_flag=True, help="Re-infer every object (default: reuse results of this model version).")
+@click.option(
+    "--presign",
+    "masks_presign",
+    type=click.IntRange(0),
+    default=None,
+    help="With --json, print s3:// mask URLs as presigned GET URLs valid SECONDS [env GAMMA_MASKS_PRESIGN; 0: off].",
+)
 def scan(
     target: str,
     db_url: str | None,
@@ -92,12 +99,22 @@ def scan(
     masks_url: str | None,
     chunk_size: int | None,
     full: bool,
+    masks_presign: int | None,
 ) -> None:
     """Scan TARGET (a folder, BUCKET/PREFIX or s3://BUCKET/PREFIX) in this process: no Redis, no Triton."""
+    from worker.masks import MaskLinks
     from worker.pipeline import run_chunk  # torch is imported only by the command that runs the model
     from worker.runtime import Runtime
 
-    settings = Settings.from_env(db_url=db_url, model=model, masks_url=masks_url, chunk_size=chunk_size, triton_url="")
+    settings = Settings.from_env(
+        db_url=db_url,
+        model=model,
+        masks_url=masks_url,
+        chunk_size=chunk_size,
+        triton_url="",
+        masks_presign=masks_presign,
+    )
+    links = MaskLinks.from_settings(settings)
     runtime = Runtime.create(settings)
     model_name = runtime.backend.model_name  # loads the model now: a missing checkpoint fails before the scan
     source = runtime.source(target)
@@ -110,7 +127,7 @@ def scan(
             outcomes = run_chunk(runtime, source.uri, chunk, scan_id, reuse=not full)
             if as_json:
                 for outcome in outcomes:
-                    sys.stdout.write(json.dumps({"scan_id": scan_id, **outcome.to_dict()}) + "\n")
+                    sys.stdout.write(json.dumps({"scan_id": scan_id, **links.outcome(outcome.to_dict())}) + "\n")
                 sys.stdout.flush()
             elapsed = progress.tasks[0].elapsed or 1e-9
             progress.update(task, advance=len(outcomes), rate=progress.tasks[0].completed / elapsed)

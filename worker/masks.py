@@ -9,17 +9,22 @@ smaller; a viewer scales the PNG by 4 and places it there.
 Names are derived from the image content and the model, ``{prefix}/{model}/v{version}/{sha[:2]}/{sha}/ai.png``:
 a redelivered task or a second scan of the same bytes overwrites the same two objects instead of leaving
 orphans, which is what makes writing masks before the database commit safe.
+
+The database keeps the URL as written (``s3://bucket/key`` or ``file://``). When the masks bucket is private,
+``GAMMA_MASKS_PRESIGN=SECONDS`` makes what people read (``gamma-scan --json``) carry presigned HTTP(S) GET URLs
+instead (:class:`MaskLinks`): signed when read, so a stored row never holds a URL that expires.
 """
 
 from __future__ import annotations
 
 import io
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
 
-from worker.storage import LocalSource, S3Source, parse_source
+from worker.settings import Settings
+from worker.storage import LocalSource, S3Source, parse_source, presign_client, presign_url
 
 PNG_TYPE = "image/png"
 KINDS = ("ai", "manipulation")
@@ -67,3 +72,32 @@ class MaskStore:
     def put(self, sha256: str, model_name: str, model_version: int, kind: str, mask: np.ndarray) -> str:
         key = mask_key(sha256, model_name, model_version, kind)
         return self.sink.put(f"{self.prefix}/{key}" if self.prefix else key, encode_png(mask), PNG_TYPE)
+
+
+class MaskLinks:
+    """Stored mask URLs as a reader gets them: unchanged, or ``s3://`` ones presigned for ``presign_s`` seconds
+    on the configured endpoint (``GAMMA_S3_ENDPOINT_URL``). One client, made on first use (signing is local)."""
+
+    def __init__(self, presign_s: int = 0, endpoint_url: str = "", region: str = "us-east-1") -> None:
+        self.presign_s = presign_s
+        self.endpoint_url = endpoint_url
+        self.region = region
+        self._client: Any = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MaskLinks:
+        return cls(settings.masks_presign, settings.s3_endpoint_url, settings.s3_region)
+
+    def __call__(self, url: str | None) -> str | None:
+        if url is None or self.presign_s <= 0 or not url.startswith("s3://"):
+            return url
+        if self._client is None:
+            self._client = presign_client(self.endpoint_url, self.region)
+        return presign_url(url, self.presign_s, self._client)
+
+    def outcome(self, data: dict[str, Any]) -> dict[str, Any]:
+        """An outcome's dict (``Outcome.to_dict``) with its mask URLs as a reader gets them."""
+        for name in ("ai_mask_url", "manipulation_mask_url"):
+            if data.get(name) is not None:
+                data[name] = self(data[name])
+        return data

@@ -19,6 +19,7 @@ ENV_PREFIX = "GAMMA_"
 # Equal to gamma.weights.DEFAULT_MODEL (a unit test checks it). Not imported from there: gamma.weights loads
 # torch, which would add ~1.5 CPU seconds to every gamma-submit, a process that never runs the model.
 DEFAULT_MODEL = "gamma-local-b0"
+MAX_PRESIGN_S = 7 * 24 * 3600  # the longest a SigV4 presigned URL may be valid
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Settings:
     s3_endpoint_url: str = ""
     s3_region: str = "us-east-1"
     masks_url: str = "masks"
+    masks_presign: int = 0  # > 0: s3:// mask URLs are shown as presigned GET URLs valid this many seconds
     model: str = DEFAULT_MODEL
     model_version: int = 0  # 0: what Triton serves / the checkpoint's metadata.json (rescans skip per version)
     chunk_size: int = 32
@@ -61,6 +63,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size={self.chunk_size} must be >= 1")
+        if not 0 <= self.masks_presign <= MAX_PRESIGN_S:
+            raise ValueError(f"masks_presign={self.masks_presign} must be 0 (off) to {MAX_PRESIGN_S} s (SigV4's limit)")
         if not 0 < self.soft_time_limit_s < self.time_limit_s:
             raise ValueError("need 0 < soft_time_limit_s < time_limit_s (the soft limit lets a task mark its images)")
         if self.visibility_timeout_s <= self.time_limit_s + self.retry_backoff_max_s:

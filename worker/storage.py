@@ -233,3 +233,25 @@ def parse_source(target: str, endpoint_url: str = "", region: str = "us-east-1")
     if not bucket:
         raise ValueError(f"{target!r}: expected BUCKET/PREFIX, s3://BUCKET/PREFIX or a folder")
     return S3Source(bucket, prefix, s3_client(endpoint_url, region))
+
+
+def presign_client(endpoint_url: str = "", region: str = "us-east-1") -> Any:
+    """An S3 client for :func:`presign_url`: SigV4 (boto3 still signs presigned URLs with the deprecated SigV2
+    unless told; regions opened since 2014 accept only V4), path-style for any endpoint. Signing is local: no
+    request is made, only the credentials of the usual chain are needed."""
+    config = Config(signature_version="s3v4", s3={"addressing_style": "path"})
+    return boto3.session.Session().client("s3", endpoint_url=endpoint_url or None, region_name=region, config=config)
+
+
+def presign_url(url: str, expires_s: int, client: Any) -> str:
+    """A plain HTTP(S) GET URL for the object at ``s3://bucket/key``, valid ``expires_s`` seconds, on the
+    endpoint ``client`` was made for (:func:`presign_client`). Other URLs (``file://``, already ``https://``)
+    come back unchanged. The key is everything after the bucket, as :meth:`S3Source.object_uri` wrote it."""
+    if not url.startswith("s3://"):
+        return url
+    bucket, _, key = url.removeprefix("s3://").partition("/")
+    if not bucket or not key:
+        raise ValueError(f"{url!r}: expected s3://BUCKET/KEY")
+    return str(
+        client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=int(expires_s))
+    )
