@@ -19,7 +19,7 @@ from typing import Any
 
 from billiard.einfo import ExceptionInfo
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 from sqlalchemy.exc import OperationalError
 
@@ -99,7 +99,7 @@ def _close_runtime(pid: int | None = None, **_: Any) -> None:
 def failure_reason(exc: BaseException) -> str:
     if isinstance(exc, TRANSIENT_ERRORS):
         return "retries-exhausted"
-    if isinstance(exc, SoftTimeLimitExceeded):
+    if isinstance(exc, (SoftTimeLimitExceeded, TimeLimitExceeded)):  # soft: raised in the task; hard: child killed
         return "time-limit"
     if isinstance(exc, TritonError):  # wrong model name or version, request rejected: configuration, not a bug
         return "backend-error"

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from sqlalchemy import select
 
-from deploy.triton_client import TritonUnavailable
+from deploy.triton_client import ModelNotFound, TritonUnavailable
 from gamma.inference import BatchOutputs, TorchBackend
 from gamma.verdict import VerdictThresholds
 from gamma.weights import Checkpoint
@@ -104,6 +105,20 @@ def test_a_bug_is_not_retried_and_is_recorded_as_internal_error(tmp_path: Path) 
     assert result.failed() and backend.calls == 1
     with runtime.sessions() as session:
         assert scan_summary(session, scan_id).error_reasons == {"internal-error": 4}
+
+
+@pytest.mark.parametrize(
+    ("exc", "reason"),
+    [
+        (TritonUnavailable("down"), "retries-exhausted"),
+        (SoftTimeLimitExceeded(), "time-limit"),
+        (TimeLimitExceeded(360), "time-limit"),  # the hard limit: the main process reports it, the child is gone
+        (ModelNotFound("no such model"), "backend-error"),
+        (RuntimeError("a bug"), "internal-error"),
+    ],
+)
+def test_failure_reasons(exc: BaseException, reason: str) -> None:
+    assert tasks.failure_reason(exc) == reason
 
 
 def test_delivery_settings_are_the_safe_ones() -> None:
