@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from billiard.einfo import ExceptionInfo
@@ -40,23 +42,49 @@ log = logging.getLogger(__name__)
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (StorageUnavailable, OperationalError, TritonUnavailable)
 
 _runtime: Runtime | None = None
+_runtime_pid = 0  # the process that built (or was given) _runtime
 
 
 def get_runtime() -> Runtime:
     """This process's runtime, built on first use (after the prefork fork, never before).
 
+    A runtime inherited across ``fork()`` (built in a parent) is never used: its pooled database connections
+    are the parent's sockets. It is dropped without closing them (``dispose(close=False)``) and built again.
     It does not migrate: the worker's main process did that once at start (:func:`_migrate`).
     """
-    global _runtime
+    global _runtime, _runtime_pid
+    if _runtime is not None and _runtime_pid != os.getpid():
+        _runtime.engine.dispose(close=False)
+        _runtime = None
     if _runtime is None:
         _runtime = Runtime.create(settings, migrate_db=False)
+        _runtime_pid = os.getpid()
     return _runtime
 
 
 def use_runtime(runtime: Runtime | None) -> None:
     """Make the tasks in this process use ``runtime`` (tests and benchmarks inject a backend this way)."""
-    global _runtime
-    _runtime = runtime
+    global _runtime, _runtime_pid
+    _runtime, _runtime_pid = runtime, os.getpid()
+
+
+@contextmanager
+def failure_runtime() -> Iterator[Runtime]:
+    """The runtime to record a failure with, without ever building this process's shared one.
+
+    In a pool child (or the solo pool) that is the process's own runtime. The prefork *main* process also calls
+    :meth:`ChunkTask.on_failure` (a hard time limit is handled there, after the child was killed): it gets a
+    throwaway runtime, closed on exit, so no engine or client of the main process is inherited by the children
+    it forks later.
+    """
+    if _runtime is not None and _runtime_pid == os.getpid():
+        yield _runtime
+        return
+    runtime = Runtime.create(settings, migrate_db=False)
+    try:
+        yield runtime
+    finally:
+        runtime.close()
 
 
 @worker_init.connect
@@ -92,7 +120,7 @@ def _warm_up(**_: Any) -> None:
 @worker_process_shutdown.connect
 def _close_runtime(pid: int | None = None, **_: Any) -> None:
     metrics.process_exited(pid or os.getpid())
-    if _runtime is not None:
+    if _runtime is not None and _runtime_pid == os.getpid():
         _runtime.close()
 
 
@@ -141,7 +169,8 @@ class ChunkTask(Task):
         reason = failure_reason(exc)
         log.error("chunk %s of scan %s failed for good (%s): %r", task_id, scan_id, reason, exc)
         try:
-            mark_failed(get_runtime(), source_uri, decode_refs(items), scan_id, reason, f"{type(exc).__name__}: {exc}")
+            with failure_runtime() as runtime:
+                mark_failed(runtime, source_uri, decode_refs(items), scan_id, reason, f"{type(exc).__name__}: {exc}")
         except Exception:  # the database itself may be what failed; the log line above is all we can leave
             log.exception("could not record the failure of chunk %s of scan %s", task_id, scan_id)
 

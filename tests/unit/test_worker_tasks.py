@@ -141,3 +141,40 @@ def test_a_model_without_a_loaded_version_is_transient_but_an_unknown_name_is_no
     assert isinstance(_translate(draining, "infer"), TritonUnavailable)  # Triton stopping or (re)loading it
     unknown = InferenceServerException("Request for unknown model: 'x' is not found", "StatusCode.NOT_FOUND")
     assert isinstance(_translate(unknown, "infer"), ModelNotFound)
+
+
+def test_on_failure_in_a_process_without_a_runtime_uses_a_throwaway_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The prefork main process reports a hard time limit: it must not build the runtime its children inherit."""
+    runtime, scan_id, uri, refs = _scan(tmp_path, FailingBackend(RuntimeError("unused")))
+    monkeypatch.setattr(tasks, "settings", runtime.settings)
+    tasks.use_runtime(None)  # the main process never ran a task
+    closed: list[Runtime] = []
+    original_close = Runtime.close
+
+    def close(self: Runtime) -> None:
+        closed.append(self)
+        original_close(self)
+
+    monkeypatch.setattr(Runtime, "close", close)
+    tasks.scan_chunk.on_failure(TimeLimitExceeded(360), "task-id", (scan_id, uri, encode_refs(refs)), {}, None)
+    assert tasks._runtime is None  # nothing left behind for a fork to inherit
+    assert len(closed) == 1 and closed[0] is not runtime  # the throwaway one, disposed
+    with runtime.sessions() as session:
+        assert scan_summary(session, scan_id).error_reasons == {"time-limit": 4}
+
+
+def test_a_runtime_inherited_across_fork_is_not_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runtime, _, _, _ = _scan(tmp_path, FailingBackend(RuntimeError("unused")))
+    monkeypatch.setattr(tasks, "settings", runtime.settings)
+    with runtime.sessions() as session:  # the parent holds a pooled connection
+        session.execute(select(1))
+    assert tasks.get_runtime() is runtime
+    monkeypatch.setattr(tasks, "_runtime_pid", -1)  # as a forked child sees it: built by another process
+    disposed: list[bool] = []
+    monkeypatch.setattr(runtime.engine, "dispose", lambda close=True: disposed.append(close))
+    fresh = tasks.get_runtime()
+    assert fresh is not runtime and fresh.engine is not runtime.engine
+    assert disposed == [False]  # the parent's sockets are dropped, not closed under it
+    fresh.close()
