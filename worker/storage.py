@@ -165,7 +165,15 @@ class S3Source:
 
 
 class LocalSource:
-    """Files under a folder; keys are POSIX paths relative to it, listed in sorted order, recursively."""
+    """Files under a folder; keys are POSIX paths relative to it, listed recursively in directory order.
+
+    The walk streams: one ``os.scandir`` open at a time, a file is yielded as its entry is read, and only the
+    paths of subfolders still to visit are held. Keys are therefore *not* sorted (the order is the
+    filesystem's, stable for an unchanged folder on one filesystem but not across filesystems): sorting would
+    hold every entry of a directory in memory, a million ``DirEntry`` objects for a flat folder of a million
+    files. Nothing downstream relies on the order: scan items, results and summaries are keyed by key and
+    content, never by position. (S3 listings do come sorted, by UTF-8 key bytes.)
+    """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).resolve()
@@ -175,18 +183,24 @@ class LocalSource:
     def list(self) -> Iterator[ObjectRef]:
         if not self.root.is_dir():
             raise ObjectUnreadable("missing", f"{self.root} is not a folder")
-        yield from self._walk(self.root)
-
-    def _walk(self, folder: Path) -> Iterator[ObjectRef]:
-        with os.scandir(folder) as entries:
-            ordered = sorted(entries, key=lambda e: e.name)
-        for entry in ordered:
-            if entry.is_dir(follow_symlinks=False):
-                yield from self._walk(Path(entry.path))
-            elif entry.is_file():
-                stat = entry.stat()
-                key = Path(entry.path).relative_to(self.root).as_posix()
-                yield ObjectRef(key, f"{stat.st_mtime_ns:x}-{stat.st_size:x}", stat.st_size)
+        root = str(self.root)
+        folders = [root]  # subfolders still to visit (depth first); each is listed once, streamed
+        while folders:
+            folder = folders.pop()
+            subfolders = []
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        subfolders.append(entry.path)
+                    elif entry.is_file():
+                        key = os.path.relpath(entry.path, root).replace(os.sep, "/")
+                        try:
+                            stat = entry.stat()
+                        except FileNotFoundError:  # deleted since the directory was read: its fetch says so
+                            yield ObjectRef(key)
+                            continue
+                        yield ObjectRef(key, f"{stat.st_mtime_ns:x}-{stat.st_size:x}", stat.st_size)
+            folders.extend(reversed(subfolders))
 
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,14 +40,75 @@ def _calls(client: Any, operation: str) -> list[str]:
     return seen
 
 
-def test_local_source_lists_files_recursively_in_sorted_order(tmp_path: Path) -> None:
-    (tmp_path / "b").mkdir()
+def test_local_source_lists_files_recursively(tmp_path: Path) -> None:
+    (tmp_path / "b" / "deeper").mkdir(parents=True)
     (tmp_path / "b" / "2.png").write_bytes(b"22")
+    (tmp_path / "b" / "deeper" / "4.gif").write_bytes(b"4444")
     (tmp_path / "a.jpg").write_bytes(b"1")
     (tmp_path / "c.txt").write_bytes(b"333")
+    (tmp_path / "link").symlink_to(tmp_path / "b", target_is_directory=True)  # not followed: no key twice
     refs = list(LocalSource(tmp_path).list())
-    assert [(r.key, r.size) for r in refs] == [("a.jpg", 1), ("b/2.png", 2), ("c.txt", 3)]
-    assert LocalSource(tmp_path).get(refs[1], max_bytes=0) == b"22"
+    # Directory order, not sorted (the walk streams); every file exactly once.
+    assert sorted((r.key, r.size) for r in refs) == [("a.jpg", 1), ("b/2.png", 2), ("b/deeper/4.gif", 4), ("c.txt", 3)]
+    by_key = {r.key: r for r in refs}
+    assert LocalSource(tmp_path).get(by_key["b/2.png"], max_bytes=0) == b"22"
+    assert all(r.etag.endswith(f"-{r.size:x}") for r in refs)  # mtime-size
+
+
+def test_local_source_streams_a_directory_instead_of_reading_it_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first key comes out after one directory entry is read, not after the whole folder (or a sort)."""
+    for index in range(500):
+        (tmp_path / f"{index}.jpg").write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "z.jpg").write_bytes(b"z")
+    read = 0
+    real_scandir = os.scandir
+
+    class CountingScandir:
+        def __init__(self, path: str) -> None:
+            self.entries = real_scandir(path)
+
+        def __enter__(self) -> Iterator[os.DirEntry[str]]:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.entries.close()
+
+        def __iter__(self) -> Iterator[os.DirEntry[str]]:
+            return self
+
+        def __next__(self) -> os.DirEntry[str]:
+            nonlocal read
+            entry = next(self.entries)
+            read += 1
+            return entry
+
+    monkeypatch.setattr(storage.os, "scandir", CountingScandir)
+    listing = LocalSource(tmp_path).list()
+    next(listing)
+    assert read <= 2  # at most the subfolder's entry before the first file's
+    assert len(list(listing)) == 500  # the rest: 501 files in all
+    assert read == 502  # 501 files + 1 folder entry, each read once
+
+
+def test_a_file_deleted_while_its_folder_is_listed_is_listed_without_etag(tmp_path: Path) -> None:
+    """The directory read saw it, its stat did not: it is listed (like an S3 key deleted after the listing) with
+    no ETag, so nothing is reused for it, and its fetch records ``missing``."""
+    for name in ("1.jpg", "2.jpg", "3.jpg"):
+        (tmp_path / name).write_bytes(b"x")
+    listing = LocalSource(tmp_path).list()
+    first = next(listing)  # the directory's entries are read (one getdents call for a small folder)
+    for name in {"1.jpg", "2.jpg", "3.jpg"} - {first.key}:
+        (tmp_path / name).unlink()
+    rest = list(listing)
+    assert first.etag and first.size == 1
+    assert sorted(r.key for r in rest) == sorted({"1.jpg", "2.jpg", "3.jpg"} - {first.key})
+    assert all((r.etag, r.size) == ("", -1) for r in rest)
+    with pytest.raises(ObjectUnreadable) as missing:
+        LocalSource(tmp_path).get(rest[0], max_bytes=0)
+    assert missing.value.reason == "missing"
 
 
 def test_local_source_errors_are_per_object(tmp_path: Path) -> None:
