@@ -18,9 +18,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from PIL import Image, ImageDraw, ImageFilter
 
 from gamma import wire
 from gamma.model.serving import ServingModel
+from gamma.preprocess import preprocess
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,68 @@ class ParityReport:
 def _example(batch: int, seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (batch, *wire.IMAGES.shape), dtype=torch.uint8, generator=generator)
+
+
+# Source sizes of the synthetic photographs: larger than a crop, exactly one, and a short side below 512 (the
+# contract upsizes it), landscape and portrait.
+_PHOTO_SIZES = ((640, 480), (512, 512), (384, 576), (900, 600))
+
+
+def _synthetic_photo(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+    """A lit gradient under overlapping shapes, a saturated patch, slight blur and sensor-like noise."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    ramp = xx / width * rng.uniform(0.2, 1.0) + yy / height * rng.uniform(0.2, 1.0)
+    low, high = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    pixels = low + (high - low) * (ramp / ramp.max())[..., None]
+    image = Image.fromarray(pixels.astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for _ in range(14):
+        x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, height))
+        box = (x0, y0, x0 + int(rng.integers(8, width // 2)), y0 + int(rng.integers(8, height // 2)))
+        fill = tuple(int(v) for v in rng.integers(0, 256, 3))
+        shape = int(rng.integers(0, 3))
+        if shape == 0:
+            draw.ellipse(box, fill=fill)
+        elif shape == 1:
+            draw.rectangle(box, fill=fill)
+        else:
+            draw.line(box, fill=fill, width=int(rng.integers(1, 9)))
+    # Near the centre, so the centre crop keeps it.
+    x0 = width // 2 + int(rng.integers(-128, 64))
+    y0 = height // 2 + int(rng.integers(-128, 64))
+    draw.rectangle((x0, y0, x0 + 63, y0 + 63), fill=(255, 255, 255) if rng.integers(0, 2) else (0, 0, 0))
+    image = image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.0, 1.5))))
+    noisy = np.asarray(image, dtype=np.float32) + rng.normal(0.0, 3.0, (height, width, 3))
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+
+
+def contract_crops(count: int, seed: int = 0) -> np.ndarray:
+    """``count`` crops made the way served crops are: synthetic photographs, encoded as JPEG (quality 85) or PNG
+    and turned into (3, 512, 512) uint8 by :func:`gamma.preprocess.preprocess`, the serving contract.
+
+    Noise alone never shows the model flat regions, edges, saturation or JPEG blocking; those drive activations
+    (and mask logits near a rounding edge) where noise does not, so the parity check runs on both.
+    """
+    rng = np.random.default_rng(seed)
+    crops = np.empty((count, *wire.IMAGES.shape), dtype=np.uint8)
+    for index in range(count):
+        width, height = _PHOTO_SIZES[index % len(_PHOTO_SIZES)]
+        encoded = io.BytesIO()
+        if index % 2 == 0:
+            _synthetic_photo(rng, width, height).save(encoded, format="JPEG", quality=85)
+        else:
+            _synthetic_photo(rng, width, height).save(encoded, format="PNG")
+        crops[index] = preprocess(encoded.getvalue())
+    return crops
+
+
+def parity_inputs(batch: int, seed: int) -> torch.Tensor:
+    """The parity check's batch: half (rounded up) :func:`contract_crops`, the rest uniform noise."""
+    structured = contract_crops((batch + 1) // 2, seed)
+    noise = _example(batch - len(structured), seed).numpy()
+    return torch.from_numpy(np.concatenate([structured, noise]))
+
+
 
 
 def _export_dynamo(serving: ServingModel, path: Path, opset: int, max_batch: int) -> None:
@@ -211,14 +275,16 @@ def check_parity(
     probability_atol: float = PROBABILITY_ATOL,
     mask_max_step: int = MASK_MAX_STEP,
 ) -> ParityReport:
-    """Run PyTorch and ONNX Runtime on the same random uint8 crops at each batch size; report worst differences.
+    """Run PyTorch and ONNX Runtime on the same uint8 crops at each batch size; report worst differences.
 
-    Batch > 1 matters: a batch axis baked into a Reshape shows up only there.
+    Each batch is :func:`parity_inputs`: crops from the preprocessing contract (synthetic photographs through
+    :func:`gamma.preprocess.preprocess`) and uniform noise. Batch > 1 matters: a batch axis baked into a Reshape
+    shows up only there.
     """
     session = ort_session(onnx_path)
     report = ParityReport(probability_atol=probability_atol, mask_max_step=mask_max_step)
     for batch in batches:
-        images = _example(batch, seed=1000 + batch)
+        images = parity_inputs(batch, seed=1000 + batch)
         expected = [t.numpy() for t in serving.eval()(images)]
         actual = session.run([spec.name for spec in wire.OUTPUTS], {wire.IMAGES.name: images.numpy()})
         for spec, got in zip(wire.OUTPUTS, actual):

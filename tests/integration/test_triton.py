@@ -2,6 +2,8 @@
 
 One server per session (tests/fixtures/triton.py): the tiny random gamma-b0 checkpoint, python backend,
 max_batch_size 2. Tolerances are the export's parity tolerances: probability 1e-4 absolute, masks one uint8 step.
+Inputs: scikit-image's photographs and a synthetic JPEG photograph through ``gamma.preprocess`` (the crops the
+worker sends), plus noise and a gradient.
 """
 
 from __future__ import annotations
@@ -16,30 +18,32 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from deploy.onnx_export import MASK_MAX_STEP, PROBABILITY_ATOL
+from deploy.onnx_export import MASK_MAX_STEP, PROBABILITY_ATOL, contract_crops
 from deploy.triton_client import ModelNotFound, TritonBackend, TritonUnavailable
 from deploy.triton_server import TritonServer, free_port
 from gamma import wire
 from gamma.inference import BatchOutputs, TorchBackend
 from gamma.weights import Checkpoint
-from tests.fixtures.triton import TRITON_MAX_BATCH
+from tests.fixtures.triton import TRITON_MAX_BATCH, sample_image_crops
 
 pytestmark = pytest.mark.integration
 
 MODEL = "gamma-test"  # the tiny checkpoint's name
 
 
-def _crops(count: int) -> np.ndarray:
-    """Noise and smooth gradients: the two extremes of what a crop looks like to the encoder."""
-    rng = np.random.default_rng(7)
-    crops = rng.integers(0, 256, (count, *wire.IMAGES.shape), dtype=np.uint8)
+def _crops() -> np.ndarray:
+    """What the worker sends (real photographs and a synthetic JPEG photograph through ``gamma.preprocess``) and
+    the two extremes of what a crop looks like to the encoder (uniform noise, a smooth gradient), interleaved so
+    that every batch of the served model mixes kinds."""
+    astronaut, coffee = sample_image_crops()
+    (synthetic,) = contract_crops(1, seed=11)
+    noise = np.random.default_rng(7).integers(0, 256, wire.IMAGES.shape, dtype=np.uint8)
     ramp = np.linspace(0, 255, wire.IMAGES.shape[-1], dtype=np.float32)
-    for index in range(1, count, 2):
-        crops[index] = (ramp[None, None, :] * (index % 3 + 1) / 3 + ramp[None, :, None] / 4).astype(np.uint8)
-    return crops
+    gradient = np.broadcast_to(ramp[None, None, :] * 2 / 3 + ramp[None, :, None] / 4, wire.IMAGES.shape)
+    return np.stack([astronaut, noise, coffee, gradient.astype(np.uint8), synthetic])
 
 
-CROPS = _crops(TRITON_MAX_BATCH + 1)
+CROPS = _crops()
 
 
 @pytest.fixture(scope="module")
@@ -71,14 +75,15 @@ def test_backend_describes_the_served_model(backend: TritonBackend, tiny_checkpo
     assert backend.is_ready()
 
 
+def _rows(outputs: BatchOutputs, start: int, stop: int) -> BatchOutputs:
+    return BatchOutputs(*(getattr(outputs, f)[start:stop] for f in ("probability", "ai_mask", "manipulation_mask")))
+
+
 def test_served_outputs_match_in_process(backend: TritonBackend, expected: BatchOutputs) -> None:
-    served = backend.infer(CROPS[:TRITON_MAX_BATCH])
-    _assert_close(
-        served,
-        BatchOutputs(
-            *(getattr(expected, f)[:TRITON_MAX_BATCH] for f in ("probability", "ai_mask", "manipulation_mask"))
-        ),
-    )
+    """Every crop, in requests of at most max_batch_size (no client-side split), matches the in-process model."""
+    for start in range(0, len(CROPS), TRITON_MAX_BATCH):
+        stop = min(start + TRITON_MAX_BATCH, len(CROPS))
+        _assert_close(backend.infer(CROPS[start:stop]), _rows(expected, start, stop))
 
 
 def test_request_above_max_batch_is_split(
@@ -93,7 +98,8 @@ def test_request_above_max_batch_is_split(
 
     monkeypatch.setattr(backend, "_infer_chunk", spy)
     served = backend.infer(CROPS)
-    assert sent == [TRITON_MAX_BATCH, len(CROPS) - TRITON_MAX_BATCH]
+    full, rest = divmod(len(CROPS), TRITON_MAX_BATCH)
+    assert sent == [TRITON_MAX_BATCH] * full + ([rest] if rest else [])
     _assert_close(served, expected)
 
 
