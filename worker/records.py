@@ -5,6 +5,9 @@ tables' natural keys, so running the same chunk twice — a redelivered task, a 
 commit and ack, a second scan — converges on the same rows. Rows of one statement are de-duplicated (PostgreSQL
 refuses to update a row twice in one statement) and sorted (concurrent upserts then lock rows in the same
 order and cannot deadlock each other).
+
+A scan's ``processed``/``errors`` counters move by what each transaction changes — O(chunk), never a recount of
+the scan — under the scan row's lock, so a redelivered chunk (same keys, same results) moves them by zero.
 """
 
 from __future__ import annotations
@@ -56,8 +59,13 @@ def add_scan_items(session: Session, scan_id: int, keys: Iterable[str]) -> None:
 
 
 def finish_listing(session: Session, scan_id: int, total: int) -> None:
-    session.execute(update(Scan).where(Scan.id == scan_id).values(total=total, status="running", listed_at=utcnow()))
-    refresh_scan(session, scan_id)
+    session.execute(
+        update(Scan)
+        .where(Scan.id == scan_id)
+        .values(total=total, status="running", listed_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    close_if_complete(session, scan_id)
 
 
 def fail_scan(session: Session, scan_id: int, detail: str) -> None:
@@ -67,9 +75,15 @@ def fail_scan(session: Session, scan_id: int, detail: str) -> None:
 def record_outcomes(
     session: Session, scan_id: int | None, bucket: str, model_name: str, model_version: int, outcomes: Sequence[Outcome]
 ) -> dict[str, int]:
-    """Upsert images, results and scan items for one chunk; returns key -> result id. Caller owns the transaction."""
+    """Upsert images, results and scan items for one chunk; returns key -> result id. Caller owns the transaction.
+
+    With a scan, its row is locked first and the chunk's items' previous results read before anything is
+    written (a result upserted here may change its verdict), so the counters move by exactly what changed.
+    """
     if not outcomes:
         return {}
+    by_key = {o.key: o for o in outcomes}
+    before = item_states(session, scan_id, list(by_key)) if scan_id is not None else {}
     now = utcnow()
     read = [o for o in outcomes if o.bytes_read]
     image_ids: dict[tuple[str, str], int] = {}
@@ -127,7 +141,6 @@ def record_outcomes(
         ).returning(Result.id, Result.sha256)
         result_ids.update({sha: id_ for id_, sha in session.execute(statement)})
 
-    by_key = {o.key: o for o in outcomes}
     if scan_id is not None:
         item_rows = _unique(
             (
@@ -142,23 +155,15 @@ def record_outcomes(
             ),
             ("key",),
         )
-        statement = _insert(session, ScanItem).values(item_rows)
-        statement = statement.on_conflict_do_update(
-            index_elements=["scan_id", "key"],
-            set_={
-                "image_id": statement.excluded.image_id,
-                "result_id": statement.excluded.result_id,
-                "updated_at": now,
-            },
-        )
-        session.execute(statement)
+        set_items(session, scan_id, item_rows, {key: o.is_error for key, o in by_key.items()}, before)
         if model_version > 0:  # 0: a failure recorded before the backend was reached; the model is unknown
             session.execute(
                 update(Scan)
                 .where(Scan.id == scan_id, or_(Scan.model_version.is_(None), Scan.model_version == 0))
                 .values(model_name=model_name, model_version=model_version)
+                .execution_options(synchronize_session=False)
             )
-        refresh_scan(session, scan_id)
+        close_if_complete(session, scan_id)
     return {key: result_ids[o.sha256] for key, o in by_key.items()}
 
 
@@ -174,14 +179,93 @@ def unprocessed_keys(session: Session, scan_id: int, keys: Sequence[str]) -> lis
     return [key for key in keys if key not in done]
 
 
-def refresh_scan(session: Session, scan_id: int) -> None:
-    """Recount a scan from its items and close it when every listed key has a result.
+def lock_scan(session: Session, scan_id: int) -> None:
+    """Take the scan row's write lock until the transaction ends (a no-op UPDATE: a row lock on PostgreSQL, the
+    database's write lock on SQLite, where a SELECT first would risk ``SQLITE_BUSY_SNAPSHOT`` on upgrading)."""
+    locked = session.execute(
+        update(Scan)
+        .where(Scan.id == scan_id)
+        .values(processed=Scan.processed)
+        .execution_options(synchronize_session=False)
+    )
+    if locked.rowcount != 1:
+        raise LookupError(f"no scan {scan_id}")
 
-    Counts are recomputed, never incremented, so a chunk recorded twice cannot count twice. The scan row is
-    locked first (``SELECT .. FOR UPDATE``; SQLite serialises writers anyway) so that the last two chunks of a
-    scan, committing at the same time, cannot both miss each other's items and leave the scan open.
+
+def item_states(session: Session, scan_id: int, keys: Sequence[str]) -> dict[str, bool]:
+    """Lock the scan row, then read which of ``keys`` have a result in it: key -> whether that result is an error.
+
+    Locked first, the read comes after any concurrent transaction on the same scan has committed (PostgreSQL's
+    READ COMMITTED takes a new snapshot per statement; SQLite has one writer), so what :func:`set_items` then
+    adds to the counters cannot have been added by a transaction racing this one (a redelivered chunk).
     """
-    scan = session.execute(select(Scan).where(Scan.id == scan_id).with_for_update()).scalar_one()
+    lock_scan(session, scan_id)
+    if not keys:
+        return {}
+    return {
+        key: verdict == ERROR
+        for key, verdict in session.execute(
+            select(ScanItem.key, Result.verdict)
+            .join(Result, Result.id == ScanItem.result_id)
+            .where(ScanItem.scan_id == scan_id, ScanItem.key.in_(list(keys)))
+        )
+    }
+
+
+def set_items(
+    session: Session,
+    scan_id: int,
+    rows: Sequence[dict[str, Any]],
+    is_error: dict[str, bool],
+    before: dict[str, bool],
+) -> None:
+    """Upsert scan items (``key`` -> ``image_id``, ``result_id``) and move the scan's counters by what changed.
+
+    O(rows), whatever the size of the scan. ``before`` is :func:`item_states` of the same keys, read in this
+    transaction before any of its writes; ``is_error``: key -> whether its new result is an error. A key that
+    already had a result adds nothing to ``processed`` (a redelivered chunk, a re-listing), and ``errors``
+    follows a result that changed from or to ``verdict=error``.
+    """
+    if not rows:
+        return
+    statement = _insert(session, ScanItem).values(list(rows))
+    statement = statement.on_conflict_do_update(
+        index_elements=["scan_id", "key"],
+        set_={
+            "image_id": statement.excluded.image_id,
+            "result_id": statement.excluded.result_id,
+            "updated_at": statement.excluded.updated_at,
+        },
+    )
+    session.execute(statement)
+    keys = [row["key"] for row in rows]
+    processed = sum(1 for key in keys if key not in before)
+    errors = sum(is_error[key] for key in keys) - sum(before.get(key, False) for key in keys)
+    if processed or errors:
+        session.execute(
+            update(Scan)
+            .where(Scan.id == scan_id)
+            .values(processed=Scan.processed + processed, errors=Scan.errors + errors)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def close_if_complete(session: Session, scan_id: int) -> None:
+    """Mark a running scan ``done`` once every listed key has a result (one conditional UPDATE of its row)."""
+    session.execute(
+        update(Scan)
+        .where(Scan.id == scan_id, Scan.status == "running", Scan.processed >= Scan.total)
+        .values(status="done", finished_at=func.coalesce(Scan.finished_at, utcnow()))
+        .execution_options(synchronize_session=False)
+    )
+
+
+def refresh_scan(session: Session, scan_id: int) -> None:
+    """Recount a scan from its items (O(scan): a repair or a check, never run per chunk) and close it if complete.
+
+    The counters are kept by :func:`set_items`; this recomputes what they must equal.
+    """
+    lock_scan(session, scan_id)
     processed = session.scalar(select(func.count()).where(ScanItem.scan_id == scan_id, ScanItem.result_id.is_not(None)))
     errors = session.scalar(
         select(func.count())
@@ -189,12 +273,13 @@ def refresh_scan(session: Session, scan_id: int) -> None:
         .join(Result, Result.id == ScanItem.result_id)
         .where(ScanItem.scan_id == scan_id, Result.verdict == ERROR)
     )
-    scan.processed = int(processed or 0)
-    scan.errors = int(errors or 0)
-    if scan.status == "running" and scan.processed >= scan.total:
-        scan.status = "done"
-        scan.finished_at = scan.finished_at or utcnow()
-    session.flush()
+    session.execute(
+        update(Scan)
+        .where(Scan.id == scan_id)
+        .values(processed=int(processed or 0), errors=int(errors or 0))
+        .execution_options(synchronize_session=False)
+    )
+    close_if_complete(session, scan_id)
 
 
 @dataclass
@@ -301,7 +386,7 @@ def known_by_content(
 
 
 def link_known(session: Session, scan_id: int, known: dict[str, tuple[int, Result]]) -> None:
-    """Point scan items at results that already exist (a rescan's unchanged objects); caller refreshes counts."""
+    """Point scan items at results that already exist (a rescan's unchanged objects), counting them as processed."""
     if not known:
         return
     now = utcnow()
@@ -312,17 +397,8 @@ def link_known(session: Session, scan_id: int, known: dict[str, tuple[int, Resul
         ),
         ("key",),
     )
-    statement = _insert(session, ScanItem).values(rows)
-    session.execute(
-        statement.on_conflict_do_update(
-            index_elements=["scan_id", "key"],
-            set_={
-                "image_id": statement.excluded.image_id,
-                "result_id": statement.excluded.result_id,
-                "updated_at": now,
-            },
-        )
-    )
+    before = item_states(session, scan_id, [row["key"] for row in rows])
+    set_items(session, scan_id, rows, {key: result.verdict == ERROR for key, (_, result) in known.items()}, before)
 
 
 MAX_DETAIL = 4000

@@ -1,0 +1,171 @@
+"""A scan's progress counters move by what each chunk changes (O(chunk)), count each key once, and always equal a
+recount — on SQLite and on a real PostgreSQL server, including chunks racing each other (a redelivery)."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import random
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, event, select, text
+from sqlalchemy.orm import sessionmaker
+
+from worker.db import Image, Result, Scan, make_engine, migrate, session_factory
+from worker.outcome import Outcome
+from worker.records import (
+    add_scan_items,
+    create_scan,
+    finish_listing,
+    link_known,
+    record_outcomes,
+    refresh_scan,
+)
+
+_databases = itertools.count()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        engine = make_engine(f"sqlite:///{tmp_path / 'gamma.db'}")
+    else:
+        server_url: str = request.getfixturevalue("postgres_url")
+        name = f"counters_{next(_databases)}"
+        admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.execute(text(f"CREATE DATABASE {name}"))
+        admin.dispose()
+        engine = make_engine(server_url.rsplit("/", 1)[0] + f"/{name}")
+    migrate(engine)
+    yield engine
+    engine.dispose()
+
+
+def _outcome(key: str, verdict: str) -> Outcome:
+    sha = hashlib.sha256(key.encode()).hexdigest()
+    if verdict == "error":
+        return Outcome(key=key, sha256=sha, verdict="error", error_reason="truncated", error_detail="x", size=1)
+    return Outcome(key=key, sha256=sha, verdict=verdict, size=10, probability=0.5)
+
+
+def _record(sessions: sessionmaker, scan_id: int, chunk: dict[str, str], version: int = 1) -> None:
+    with sessions.begin() as session:
+        record_outcomes(session, scan_id, "b", "gamma-test", version, [_outcome(k, v) for k, v in chunk.items()])
+
+
+def _state(sessions: sessionmaker, scan_id: int) -> tuple[str, int, int]:
+    with sessions() as session:
+        scan = session.get(Scan, scan_id)
+        assert scan is not None
+        return scan.status, scan.processed, scan.errors
+
+
+def _recounted(sessions: sessionmaker, scan_id: int) -> tuple[str, int, int]:
+    """The O(scan) recount's answer, in a transaction that is rolled back (the counters stay as they were)."""
+    with sessions() as session:
+        refresh_scan(session, scan_id)
+        scan = session.execute(select(Scan.status, Scan.processed, Scan.errors).where(Scan.id == scan_id)).one()
+        session.rollback()
+    return tuple(scan)  # type: ignore[return-value]
+
+
+def test_counters_follow_each_change_and_a_redelivery_adds_nothing(engine: Engine) -> None:
+    sessions = session_factory(engine)
+    # An earlier scan judged k4 (real) and k5 (error): a rescan links them at listing.
+    with sessions.begin() as session:
+        earlier = create_scan(session, "s3://b/p", "gamma-test")
+        add_scan_items(session, earlier, ["k4", "k5"])
+        finish_listing(session, earlier, 2)
+    _record(sessions, earlier, {"k4": "real", "k5": "error"})
+    keys = [f"k{i}" for i in range(6)]
+    with sessions.begin() as session:
+        scan_id = create_scan(session, "s3://b/p", "gamma-test")
+        add_scan_items(session, scan_id, keys)
+        images = dict(session.execute(select(Image.key, Image.id)).all())
+        results = {r.sha256: r for r in session.scalars(select(Result))}
+        known = {k: (images[k], results[hashlib.sha256(k.encode()).hexdigest()]) for k in ("k4", "k5")}
+        link_known(session, scan_id, known)
+        link_known(session, scan_id, known)  # a re-listing: no change
+    assert _state(sessions, scan_id) == ("listing", 2, 1)
+    with sessions.begin() as session:
+        finish_listing(session, scan_id, len(keys))
+    chunk = {"k0": "real", "k1": "ai-generated", "k2": "error"}
+    _record(sessions, scan_id, chunk)
+    assert _state(sessions, scan_id) == ("running", 5, 2)
+    _record(sessions, scan_id, chunk)  # redelivered: the same rows, nothing counted twice
+    assert _state(sessions, scan_id) == ("running", 5, 2)
+    _record(sessions, scan_id, {"k2": "real", "k1": "error"})  # a retry that judged differently: still 2 errors
+    assert _state(sessions, scan_id) == ("running", 5, 2)
+    _record(sessions, scan_id, {"k1": "manipulated"})  # error -> verdict
+    assert _state(sessions, scan_id) == ("running", 5, 1)
+    _record(sessions, scan_id, {"k3": "error"})  # the last key closes the scan
+    assert _state(sessions, scan_id) == ("done", 6, 2)
+    assert _recounted(sessions, scan_id) == ("done", 6, 2)
+    assert _state(sessions, earlier) == _recounted(sessions, earlier) == ("done", 2, 1)
+
+
+def test_recording_a_chunk_costs_the_same_in_a_small_and_a_large_scan(engine: Engine) -> None:
+    """No statement aggregates over the scan: the chunk's statements are the same whatever the scan's size."""
+    sessions = session_factory(engine)
+    statements: list[str] = []
+
+    def seen(_conn, _cursor, statement: str, *_args: object) -> None:  # type: ignore[no-untyped-def]
+        statements.append(statement)
+
+    per_size = {}
+    for size in (10, 5000):
+        keys = [f"{size}/k{i:05d}" for i in range(size)]
+        with sessions.begin() as session:
+            scan_id = create_scan(session, "s3://b/p", "gamma-test")
+            add_scan_items(session, scan_id, keys)
+            finish_listing(session, scan_id, size)
+        for start in range(0, size - 8, 500):
+            _record(sessions, scan_id, {k: "real" for k in keys[start : min(start + 500, size - 8)]})
+        event.listen(engine, "before_cursor_execute", seen)
+        try:
+            _record(sessions, scan_id, {k: "error" if i % 2 else "real" for i, k in enumerate(keys[size - 8 :])})
+        finally:
+            event.remove(engine, "before_cursor_execute", seen)
+        per_size[size] = list(statements)
+        statements.clear()
+        assert _state(sessions, scan_id) == _recounted(sessions, scan_id) == ("done", size, 4)
+    assert per_size[10] == per_size[5000]
+    assert not any("count(" in s.lower() for s in per_size[5000])
+
+
+def test_racing_chunks_with_differing_verdicts_leave_counters_equal_to_a_recount(engine: Engine) -> None:
+    """Overlapping chunks commit at once (redeliveries racing the original, retries that judged differently)."""
+    sessions = session_factory(engine)
+    keys = [f"k{i:02d}" for i in range(40)]
+    with sessions.begin() as session:
+        scan_id = create_scan(session, "s3://b/p", "gamma-test")
+        add_scan_items(session, scan_id, keys)
+        finish_listing(session, scan_id, len(keys))
+    rng = random.Random(6)
+    chunks = [
+        {k: rng.choice(["real", "error", "ai-generated"]) for k in keys[start : start + 25]}
+        for start in (0, 15, 0, 15, 5, 10)
+    ]
+    barrier = threading.Barrier(len(chunks))
+    errors: list[BaseException] = []
+
+    def record(chunk: dict[str, str]) -> None:
+        try:
+            barrier.wait()
+            _record(sessions, scan_id, chunk)
+        except BaseException as error:  # surfaced below: a thread's exception would otherwise vanish
+            errors.append(error)
+
+    threads = [threading.Thread(target=record, args=(chunk,)) for chunk in chunks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    status, processed, error_count = _state(sessions, scan_id)
+    assert (status, processed) == ("done", 40)
+    assert (status, processed, error_count) == _recounted(sessions, scan_id)
