@@ -8,22 +8,26 @@ worker sends), plus noise and a gradient.
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from deploy.onnx_export import MASK_MAX_STEP, PROBABILITY_ATOL, contract_crops
+import deploy.export_triton as export_triton
+from deploy.onnx_export import MASK_MAX_STEP, PARITY_BATCHES, PROBABILITY_ATOL, contract_crops
 from deploy.triton_client import ModelNotFound, TritonBackend, TritonUnavailable
+from deploy.triton_config import parse_config
 from deploy.triton_server import TritonServer, free_port
 from gamma import wire
 from gamma.inference import BatchOutputs, TorchBackend
-from gamma.weights import Checkpoint
+from gamma.weights import DEFAULT_MODEL, Checkpoint, load_checkpoint
 from tests.fixtures.triton import TRITON_MAX_BATCH, sample_image_crops
 
 pytestmark = pytest.mark.integration
@@ -174,3 +178,56 @@ def test_malformed_batch_is_rejected_before_sending(backend: TritonBackend) -> N
         backend.infer(CROPS[:1].astype(np.float32))
     with pytest.raises(ValueError, match="uint8"):
         backend.infer(CROPS[:1, :, :256])
+
+
+# The shipped model (models/gamma-local-b0), exported by the README's command and served like a deployment would.
+
+
+@pytest.fixture(scope="module")
+def shipped() -> Checkpoint:
+    return load_checkpoint(DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="module")
+def shipped_repository(shipped: Checkpoint, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``python deploy/export_triton.py --backend python`` (default checkpoint: the shipped one) into a temporary
+    repository; max batch 2 as in the session fixture, parity at the exporter's default batches."""
+    repository = tmp_path_factory.mktemp("shipped_repository")
+    argv = ["--backend", "python", "--out", str(repository), "--max-batch", str(TRITON_MAX_BATCH)]
+    assert export_triton.main(argv) == 0
+    return repository
+
+
+@pytest.mark.slow
+def test_shipped_model_exports_for_the_python_backend(shipped: Checkpoint, shipped_repository: Path) -> None:
+    model_dir = shipped_repository / DEFAULT_MODEL
+    version_dir = model_dir / str(shipped.version)
+    assert sorted(p.name for p in model_dir.iterdir()) == sorted([str(shipped.version), "config.pbtxt"])
+    assert sorted(p.name for p in version_dir.iterdir()) == ["metadata.json", "model.onnx", "model.py"]
+    config = parse_config((model_dir / "config.pbtxt").read_text())
+    assert (config.name, config.backend, config.max_batch_size) == (DEFAULT_MODEL, "python", TRITON_MAX_BATCH)
+    metadata = json.loads((version_dir / "metadata.json").read_text())
+    assert metadata["version"] == shipped.version and metadata["checkpoint"]["name"] == DEFAULT_MODEL
+    assert metadata["thresholds"] == shipped.config.thresholds.to_dict()
+    parity = metadata["parity"]
+    assert set(parity["batches"]) == {str(b) for b in PARITY_BATCHES}
+    for batch in parity["batches"].values():
+        assert batch["probability_max_abs"] <= PROBABILITY_ATOL and batch["mask_max_step"] <= MASK_MAX_STEP
+
+
+@pytest.mark.slow
+def test_shipped_model_served_matches_in_process(
+    shipped: Checkpoint, shipped_repository: Path, tmp_path: Path
+) -> None:
+    expected = TorchBackend(shipped.model, shipped.config, DEFAULT_MODEL, shipped.version).infer(CROPS)
+    server = TritonServer(
+        shipped_repository, http_port=free_port(), grpc_port=free_port(), log_file=tmp_path / "tritonserver.log"
+    )
+    with server:
+        backend = TritonBackend(server.grpc_url, DEFAULT_MODEL, timeout_s=60)
+        try:
+            assert backend.model_version == shipped.version
+            assert backend.thresholds == shipped.config.thresholds
+            _assert_close(backend.infer(CROPS), expected)
+        finally:
+            backend.close()
