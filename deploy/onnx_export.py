@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
 from gamma import wire
+from gamma.inference import ort_session
 from gamma.model.serving import ServingModel
 from gamma.preprocess import preprocess
 
@@ -148,8 +148,6 @@ def parity_inputs(batch: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(np.concatenate([structured, noise]))
 
 
-
-
 def _export_dynamo(serving: ServingModel, path: Path, opset: int, max_batch: int) -> None:
     batch = torch.export.Dim("batch", min=1, max=max(max_batch, 2))
     program = torch.onnx.export(
@@ -159,7 +157,9 @@ def _export_dynamo(serving: ServingModel, path: Path, opset: int, max_batch: int
         opset_version=opset,
         input_names=[spec.name for spec in wire.INPUTS],
         output_names=[spec.name for spec in wire.OUTPUTS],
-        dynamic_shapes={"images": {0: batch}},
+        # Positional (one entry per forward argument, in order): keyed by name it would repeat forward's
+        # parameter name, a second home for a fact that ServingModel.forward and wire.IMAGES already hold.
+        dynamic_shapes=({0: batch},),
         external_data=False,
         verbose=False,
     )
@@ -254,17 +254,6 @@ def _quiet() -> Iterator[None]:
             yield
     finally:
         torch_onnx_log.setLevel(level)
-
-
-def ort_session(path: str | Path, threads: int = 0, spinning: bool = False) -> ort.InferenceSession:
-    """A CPU ONNX Runtime session configured as the python backend's (``threads`` = 0: one per core; idle threads
-    do not spin, see :class:`deploy.triton_config.ModelSettings`)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 @torch.inference_mode()

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gamma.inference import Detector
-from gamma.weights import DEFAULT_MODEL
+from gamma.weights import DEFAULT_MODEL, WeightsError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
 
@@ -33,18 +33,31 @@ def expand(paths: tuple[Path, ...]) -> list[Path]:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Checkpoint name or folder.")
+@click.option(
+    "--onnx",
+    "onnx_path",
+    type=click.Path(exists=True, path_type=Path),
+    help="Run an exported version through ONNX Runtime instead of a checkpoint through torch: its model.onnx or "
+    "version folder (deploy/export_triton.py output; thresholds from its metadata.json).",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image instead of a table.")
-def main(paths: tuple[Path, ...], model: str, as_json: bool) -> None:
+@click.pass_context
+def main(ctx: click.Context, paths: tuple[Path, ...], model: str, onnx_path: Path | None, as_json: bool) -> None:
     """Classify PATHS (files or folders) as real, ai-generated, manipulated or needs-review."""
+    if onnx_path is not None and ctx.get_parameter_source("model") is not click.core.ParameterSource.DEFAULT:
+        raise click.UsageError("--model and --onnx are alternatives; give one")
     files = expand(paths)
     if not files:
         raise click.UsageError("no image files found")
-    detector = Detector.from_checkpoint(model)
-    results = detector.classify_files(files)
-    if as_json:
-        for result in results:
+    try:
+        detector = Detector.from_onnx(onnx_path) if onnx_path is not None else Detector.from_checkpoint(model)
+    except WeightsError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:  # streamed: a line per image as its chunk finishes, however many files
+        for result in detector.iter_files(files):
             click.echo(json.dumps(result.to_dict()))
         return
+    results = detector.classify_files(files)
     table = Table(title=f"{detector.backend.model_name} v{detector.backend.model_version}")
     for column in ("image", "verdict", "p(AI)", "AI area", "manipulated area"):
         table.add_column(column, justify="left" if column in ("image", "verdict") else "right")

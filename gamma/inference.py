@@ -1,26 +1,32 @@
 """In-process inference: one backend interface, the in-process detector, and batching of many images.
 
 A backend turns a batch of preprocessed crops into the wire outputs of :mod:`gamma.wire`. The worker holds
-either a Triton client or one of the in-process backends here; everything after inference (verdicts, masks,
-storage) is the same code whichever it holds.
+either a Triton client or one of the in-process backends here (:class:`TorchBackend` for a checkpoint,
+:class:`OnnxBackend` for the ONNX graph ``deploy/export_triton.py`` exported); everything after inference
+(verdicts, masks, storage) is the same code whichever it holds.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
+import onnxruntime as ort
 import torch
 
+from gamma import wire
 from gamma.config import GammaConfig
 from gamma.model.serving import ServingModel
 from gamma.preprocess import DEFAULT_LIMITS, ImageRejected, PreprocessLimits, preprocess
 from gamma.verdict import Judgement, VerdictThresholds, judge
-from gamma.weights import DEFAULT_MODEL, load_checkpoint
+from gamma.weights import DEFAULT_MODEL, METADATA_FILE, WeightsError, load_checkpoint
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -86,6 +92,97 @@ class TorchBackend:
         return outputs_from_wire(probability.cpu().numpy(), ai_mask.cpu().numpy(), manipulation_mask.cpu().numpy())
 
 
+def ort_session(path: str | Path, threads: int = 0, spinning: bool = False) -> ort.InferenceSession:
+    """A CPU ONNX Runtime session configured as the Triton python backend's (``threads`` = 0: one per core).
+
+    Idle threads do not spin by default: on cores shared with preprocessing or other instances, a busy-waiting
+    pool steals time from the threads doing work.
+    """
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class OnnxBackend:
+    """GAMMA's exported ONNX graph (the served form: uint8 crops in, wire outputs out) through ONNX Runtime on CPU.
+
+    The graph is the one Triton serves, so this backend answers exactly as the server does (the exporter's parity
+    gate bounds its distance to :class:`TorchBackend`) without a server; it needs no torch model at all.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        thresholds: VerdictThresholds,
+        name: str,
+        version: int = 1,
+        max_batch_size: int = 8,
+        threads: int = 0,
+    ) -> None:
+        self.path = Path(path)
+        self.session = ort_session(self.path, threads)
+        self.model_name = name
+        self.model_version = version
+        self.thresholds = thresholds
+        self.max_batch_size = max_batch_size
+        graph_inputs = {value.name for value in self.session.get_inputs()}
+        graph_outputs = {value.name for value in self.session.get_outputs()}
+        missing = [s.name for s in wire.INPUTS if s.name not in graph_inputs] + [
+            s.name for s in wire.OUTPUTS if s.name not in graph_outputs
+        ]
+        if missing:  # a graph exported under other names fails here, not as a KeyError inside session.run
+            raise WeightsError(
+                f"{self.path}: ONNX graph lacks wire tensors {missing} "
+                f"(has inputs {sorted(graph_inputs)}, outputs {sorted(graph_outputs)})"
+            )
+
+    @classmethod
+    def from_export(
+        cls,
+        path: str | Path,
+        thresholds: VerdictThresholds | None = None,
+        max_batch_size: int = 8,
+        threads: int = 0,
+    ) -> OnnxBackend:
+        """Load an exported version: ``path`` is its ``model.onnx`` or its version folder (``<model>/<version>/``).
+
+        Name, version and thresholds come from the ``metadata.json`` the exporter writes beside the graph, so the
+        verdicts are the checkpoint's. ``thresholds`` overrides them; without metadata it is required, because
+        silently judging with the defaults would give verdicts the model was never validated for.
+        """
+        path = Path(path)
+        folder = path if path.is_dir() else path.parent
+        metadata_path = folder / METADATA_FILE
+        metadata: dict[str, object] = {}
+        if metadata_path.is_file():
+            try:
+                metadata = json.loads(metadata_path.read_text())
+            except ValueError as exc:
+                raise WeightsError(f"{metadata_path}: not JSON ({exc})") from exc
+        if path.is_dir():
+            onnx = metadata.get("onnx")
+            if not isinstance(onnx, dict) or "file" not in onnx:
+                raise WeightsError(f"{path}: a folder needs {METADATA_FILE} naming its ONNX file; pass the file")
+            path = folder / str(onnx["file"])
+        if not path.is_file():
+            raise WeightsError(f"ONNX file not found: {path}")
+        if thresholds is None:
+            if "thresholds" not in metadata:
+                raise WeightsError(f"{metadata_path} with the export's thresholds not found; pass thresholds=")
+            thresholds = VerdictThresholds.from_dict(metadata["thresholds"])  # type: ignore[arg-type]
+        name = str(metadata.get("model_name") or folder.parent.name)
+        version = int(metadata.get("version") or (folder.name if folder.name.isdigit() else 1))  # type: ignore[arg-type]
+        return cls(path, thresholds, name, version, max_batch_size, threads)
+
+    def infer(self, images: np.ndarray) -> BatchOutputs:
+        feed = {wire.IMAGES.name: np.ascontiguousarray(images, dtype=wire.IMAGES.dtype)}
+        probability, ai_mask, manipulation_mask = self.session.run([s.name for s in wire.OUTPUTS], feed)
+        return outputs_from_wire(probability, ai_mask, manipulation_mask)
+
+
 class UnreadableSource(OSError):
     """The image's bytes could not be read at all (missing file, permission); not a judgement on the image."""
 
@@ -113,8 +210,9 @@ class ImageResult:
         return {"source": self.source, **self.judgement.to_dict()}
 
 
-def _batches(items: Iterable[tuple[int, np.ndarray]], size: int) -> Iterator[list[tuple[int, np.ndarray]]]:
-    batch: list[tuple[int, np.ndarray]] = []
+def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of ``size`` items (the last may be shorter), drawn lazily from ``items``."""
+    batch: list[T] = []
     for item in items:
         batch.append(item)
         if len(batch) == size:
@@ -124,10 +222,31 @@ def _batches(items: Iterable[tuple[int, np.ndarray]], size: int) -> Iterator[lis
         yield batch
 
 
+def read_limited(path: str | Path, limits: PreprocessLimits = DEFAULT_LIMITS) -> bytes:
+    """A file's bytes, never more than ``limits.max_bytes``: ImageRejected("too-many-bytes") above it.
+
+    stat() first, so an oversized file is rejected without being opened; the read itself is also capped
+    (``max_bytes + 1``) because stat can lie: a file growing meanwhile, a FIFO or a device (size 0, endless).
+    Raises :class:`UnreadableSource` when the file cannot be read at all.
+    """
+    try:
+        size = Path(path).stat().st_size
+        if size > limits.max_bytes:
+            raise ImageRejected("too-many-bytes", f"{size} bytes > limit {limits.max_bytes}")
+        with open(path, "rb") as f:
+            data = f.read(limits.max_bytes + 1)
+    except OSError as exc:
+        raise UnreadableSource(str(path), exc) from exc
+    if len(data) > limits.max_bytes:
+        raise ImageRejected("too-many-bytes", f"more than {limits.max_bytes} bytes (grew while read)")
+    return data
+
+
 class Detector:
     """Classifies image files or bytes with a backend: preprocess (parallel), batch, infer, judge.
 
     >>> detector = Detector.from_checkpoint("gamma-local-b0")     # doctest: +SKIP
+    >>> detector = Detector.from_onnx("model_repository/gamma-local-b0/1")  # doctest: +SKIP
     >>> [r.to_dict() for r in detector.classify_files(["a.jpg"])]  # doctest: +SKIP
     """
 
@@ -142,20 +261,41 @@ class Detector:
     def from_checkpoint(cls, name_or_path: str | Path = DEFAULT_MODEL, device: str = "cpu") -> Detector:
         return cls(TorchBackend.from_checkpoint(name_or_path, device))
 
+    @classmethod
+    def from_onnx(
+        cls, path: str | Path, thresholds: VerdictThresholds | None = None, max_batch_size: int = 8, threads: int = 0
+    ) -> Detector:
+        """An exported version (its ``model.onnx`` or version folder), judged with its metadata's thresholds."""
+        return cls(OnnxBackend.from_export(path, thresholds, max_batch_size, threads))
+
+    @property
+    def chunk_size(self) -> int:
+        """Files read and preprocessed per round of :meth:`iter_files`: one batch, or enough to keep every
+        preprocessing worker busy. Bounds what is in memory at once (``chunk_size`` x ``max_bytes`` at most)."""
+        return max(self.backend.max_batch_size, self.workers)
+
     def _preprocess(self, data: bytes) -> np.ndarray | ImageRejected:
         try:
             return preprocess(data, self.limits)
         except ImageRejected as rejected:
             return rejected
 
-    def classify_bytes(self, items: Sequence[tuple[str, bytes]]) -> list[ImageResult]:
-        """``items`` = (source name, encoded bytes); results in the same order."""
-        results = [ImageResult(source) for source, _ in items]
-        with ThreadPoolExecutor(self.workers) as pool:
-            crops = list(pool.map(self._preprocess, (data for _, data in items)))
+    def _load_file(self, path: str | Path) -> np.ndarray | ImageRejected | UnreadableSource:
+        """Read and preprocess in the same worker thread, so a file's bytes are dropped as soon as it is cropped."""
+        try:
+            data = read_limited(path, self.limits)
+        except (ImageRejected, UnreadableSource) as error:
+            return error
+        return self._preprocess(data)
+
+    def _judge(
+        self, sources: Sequence[str], crops: Sequence[np.ndarray | ImageRejected | UnreadableSource]
+    ) -> list[ImageResult]:
+        """Batches the valid crops through the backend; results in the order of ``sources``."""
+        results = [ImageResult(source) for source in sources]
         valid = []
         for index, crop in enumerate(crops):
-            if isinstance(crop, ImageRejected):
+            if isinstance(crop, ImageRejected | UnreadableSource):
                 results[index].error = crop
             else:
                 valid.append((index, crop))
@@ -170,16 +310,24 @@ class Detector:
                 )
         return results
 
-    def classify_files(self, paths: Sequence[str | Path]) -> list[ImageResult]:
-        """Files in, one result per file in order; a file that cannot be read gets an ``unreadable`` error."""
-        readable: list[tuple[str, bytes]] = []
-        unreadable: dict[str, UnreadableSource] = {}
-        for path in paths:
-            try:
-                readable.append((str(path), Path(path).read_bytes()))
-            except OSError as exc:
-                unreadable[str(path)] = UnreadableSource(str(path), exc)
-        judged = iter(self.classify_bytes(readable))
-        return [
-            ImageResult(str(p), error=unreadable[str(p)]) if str(p) in unreadable else next(judged) for p in paths
-        ]
+    def classify_bytes(self, items: Sequence[tuple[str, bytes]]) -> list[ImageResult]:
+        """``items`` = (source name, encoded bytes); results in the same order."""
+        with ThreadPoolExecutor(self.workers) as pool:
+            crops = list(pool.map(self._preprocess, (data for _, data in items)))
+        return self._judge([source for source, _ in items], crops)
+
+    def iter_files(self, paths: Iterable[str | Path]) -> Iterator[ImageResult]:
+        """Files in, one result per file in input order, yielded a chunk at a time.
+
+        Each chunk of :attr:`chunk_size` files is read, preprocessed, inferred and yielded before the next is
+        read, so memory stays O(batch) however many files there are. A file over ``limits.max_bytes`` is
+        rejected from its stat() without being read; one that cannot be read gets an ``unreadable`` error.
+        """
+        with ThreadPoolExecutor(self.workers) as pool:
+            for chunk in _batches(paths, self.chunk_size):
+                yield from self._judge([str(path) for path in chunk], list(pool.map(self._load_file, chunk)))
+
+    def classify_files(self, paths: Iterable[str | Path]) -> list[ImageResult]:
+        """:meth:`iter_files` collected into a list."""
+        return list(self.iter_files(paths))
+

@@ -9,8 +9,11 @@ import numpy as np
 from click.testing import CliRunner
 from PIL import Image
 
+from deploy.onnx_export import PROBABILITY_ATOL
 from gamma.cli import main
+from gamma.inference import Detector, TorchBackend
 from gamma.weights import Checkpoint
+from tests.fixtures.models import TINY_EXPORT_THRESHOLDS
 
 
 def test_classifies_a_folder_as_json_lines(tiny_checkpoint: Checkpoint, tmp_path: Path) -> None:
@@ -41,3 +44,27 @@ def test_table_output_and_empty_folder(tiny_checkpoint: Checkpoint, tmp_path: Pa
     empty.mkdir()
     result = CliRunner().invoke(main, [str(empty), "--model", str(tiny_checkpoint.path)])
     assert result.exit_code != 0 and "no image files" in result.output
+
+
+def test_onnx_option_runs_the_exported_graph(
+    tiny_checkpoint: Checkpoint, tiny_onnx_export: Path, tmp_path: Path
+) -> None:
+    """--onnx judges with the export's graph and thresholds; the same verdicts as the torch path's for them."""
+    Image.fromarray(np.full((520, 600, 3), 140, np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "b.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    result = CliRunner().invoke(main, [str(tmp_path), "--onnx", str(tiny_onnx_export), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {Path(row["source"]).name: row for row in map(json.loads, result.output.splitlines())}
+    assert rows["b.jpg"]["verdict"] == "error"
+    torch_detector = Detector(
+        TorchBackend(tiny_checkpoint.model, tiny_checkpoint.config.replace(thresholds=TINY_EXPORT_THRESHOLDS), "t")
+    )
+    expected = torch_detector.classify_files([tmp_path / "a.png"])[0].judgement
+    assert expected is not None
+    assert rows["a.png"]["verdict"] == expected.verdict.value
+    assert abs(rows["a.png"]["probability"] - expected.probability) <= PROBABILITY_ATOL
+
+    table = CliRunner(env={"COLUMNS": "300"}).invoke(main, [str(tmp_path / "a.png"), "--onnx", str(tiny_onnx_export)])
+    assert table.exit_code == 0 and "gamma-test v1" in table.output
+    both = CliRunner().invoke(main, [str(tmp_path), "--onnx", str(tiny_onnx_export), "--model", "x"])
+    assert both.exit_code != 0 and "alternatives" in both.output
