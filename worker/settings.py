@@ -54,8 +54,12 @@ class Settings:
     soft_time_limit_s: int = 300
     time_limit_s: int = 360
     visibility_timeout_s: int = 3600
-    max_retries: int = 5
-    retry_backoff_max_s: int = 300
+    # Transient errors (S3, Triton, the database unreachable) retry the chunk after retry_backoff_s * 2**n
+    # seconds, capped at retry_backoff_max_s, with equal jitter (half to all of it): by default 2, 4, .. 64, then
+    # 120 s, 12 times: an outage of at least ~7 minutes (14 at most) before a chunk's images are marked failed.
+    max_retries: int = 12
+    retry_backoff_s: int = 2
+    retry_backoff_max_s: int = 120
     metrics_port: int = 0  # 0: no /metrics endpoint (worker.metrics)
     metrics_host: str = "0.0.0.0"
     schedule: str = ""  # beat: inline JSON or a TOML/JSON file of {source, cron} (worker.schedule)
@@ -67,6 +71,8 @@ class Settings:
             raise ValueError(f"masks_presign={self.masks_presign} must be 0 (off) to {MAX_PRESIGN_S} s (SigV4's limit)")
         if not 0 < self.soft_time_limit_s < self.time_limit_s:
             raise ValueError("need 0 < soft_time_limit_s < time_limit_s (the soft limit lets a task mark its images)")
+        if self.max_retries < 0 or not 0 < self.retry_backoff_s <= self.retry_backoff_max_s:
+            raise ValueError("need max_retries >= 0 and 0 < retry_backoff_s <= retry_backoff_max_s")
         if self.visibility_timeout_s <= self.time_limit_s + self.retry_backoff_max_s:
             raise ValueError(
                 f"visibility_timeout_s={self.visibility_timeout_s} must exceed time_limit_s + retry_backoff_max_s "

@@ -2,26 +2,30 @@
 
 Retry policy, decided here once:
 - transient service errors (S3 throttling or connection trouble, the database unreachable or locked, Triton
-  unavailable) retry the whole chunk with exponential backoff and jitter, at most ``max_retries`` times;
+  unavailable) retry the whole chunk with exponential backoff and equal jitter (:func:`retry_countdown`), at most
+  ``max_retries`` times (by default minutes of outage: :func:`retry_window_s`);
 - bad input never raises (the pipeline turns it into error results), so it is never retried;
 - a backend that answers "no such model" or rejects the request is misconfigured: no retry;
 - anything else is a bug and is not retried either.
-When a task gives up, :meth:`ChunkTask.on_failure` records ``verdict=error`` for the chunk's images still without
-a result (reason ``retries-exhausted``, ``time-limit``, ``backend-error`` or ``internal-error``), so the scan
-completes and says why.
+When a task gives up, the chunk's images still without a result get ``verdict=error`` (reason
+``retries-exhausted`` from the task itself; ``time-limit``, ``backend-error`` or ``internal-error`` from
+:meth:`ChunkTask.on_failure`), so the scan completes and says why. A chunk is never acknowledged without its
+rows: if the failure cannot be recorded either (the database is what is down), the chunk is retried or its
+message requeued instead.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from billiard.einfo import ExceptionInfo
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 from sqlalchemy.exc import OperationalError
 
@@ -33,7 +37,8 @@ from worker.pipeline import mark_failed, run_chunk
 from worker.records import note_scan
 from worker.runtime import Runtime
 from worker.schedule import SUBMIT_TASK_NAME
-from worker.storage import StorageUnavailable
+from worker.settings import Settings
+from worker.storage import ObjectRef, StorageUnavailable
 from worker.submit import submit_scan
 
 log = logging.getLogger(__name__)
@@ -134,6 +139,28 @@ def failure_reason(exc: BaseException) -> str:
     return "internal-error"
 
 
+def retry_countdown(settings: Settings, retries: int, rng: random.Random | None = None) -> float:
+    """Seconds before retry ``retries + 1``: ``retry_backoff_s * 2**retries`` capped at ``retry_backoff_max_s``,
+    with equal jitter (half of it plus a random part of the other half): workers hit by one outage spread out,
+    and the total window is never less than half the nominal one (celery's full jitter can make it ~0)."""
+    nominal = _nominal_backoff(settings, retries)
+    return nominal / 2 + (rng or random).uniform(0, nominal / 2)
+
+
+def _nominal_backoff(settings: Settings, retries: int) -> int:
+    return min(settings.retry_backoff_max_s, settings.retry_backoff_s * 2 ** min(retries, 32))
+
+
+def retry_window_s(settings: Settings) -> tuple[float, float]:
+    """(shortest, longest) outage the retries of one chunk ride out before its images are marked failed."""
+    nominal = sum(_nominal_backoff(settings, n) for n in range(settings.max_retries))
+    return nominal / 2, float(nominal)
+
+
+class ChunkGaveUp(Exception):
+    """The task itself gave the chunk's images error results; :meth:`ChunkTask.on_failure` has nothing to do."""
+
+
 def _redelivered(task: Task) -> bool:
     """Redis marks a message it restores (unacked when its worker died, or rejected with requeue) redelivered."""
     request = task.request
@@ -142,63 +169,151 @@ def _redelivered(task: Task) -> bool:
     return bool(delivery_info.get("redelivered") or headers.get("redelivered") or getattr(request, "redelivered", 0))
 
 
-def _note(runtime: Runtime, scan_id: int, note: str) -> None:
+def _stamp() -> str:
+    return f"{utcnow():%Y-%m-%d %H:%M:%S}"
+
+
+def _what(exc: BaseException) -> str:
+    """``Type: first line of the message`` (SQLAlchemy adds the statement and a help link on further lines)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:160] if lines else ''}"
+
+
+MAX_CARRIED_NOTES = 2  # per chunk: the first and the latest (a scan's detail is bounded: keep an outage short)
+
+
+def _write_notes(runtime: Runtime, scan_id: int | None, notes: list[str]) -> list[str]:
+    """Append ``notes`` to the scan's detail; returns those that could not be written (the database is down),
+    bounded, for the next attempt to carry (they travel in the retry message)."""
+    if scan_id is None or not notes:
+        return []
     try:
         with runtime.sessions.begin() as session:
-            note_scan(session, scan_id, note)
-    except Exception:  # a note is never worth failing the chunk for
-        log.exception("could not add a note to scan %s", scan_id)
+            for note in notes:
+                note_scan(session, scan_id, note)
+    except Exception as exc:  # a note is never worth failing the chunk for
+        log.warning("could not add %d note(s) to scan %s (%s); the next attempt carries them", len(notes), scan_id, exc)
+        if len(notes) > MAX_CARRIED_NOTES:
+            notes = [notes[0], notes[-1]]
+        return notes
+    return []
+
+
+def _retry(task: Task, exc: BaseException, countdown: float, notes: list[str], beyond_budget: bool = False) -> None:
+    """Send the chunk again in ``countdown`` s (a new message: the old one is then acked); always raises.
+
+    ``beyond_budget``: the retries are spent but the failure could not be recorded either, so the chunk must not
+    be dropped: retry anyway. If publishing the retry fails (the broker is down), the message is requeued
+    instead of celery's default (rejected *without* requeue: dropped).
+    """
+    request = task.request
+    kwargs = {**(request.kwargs or {}), "notes": notes}
+    try:
+        max_retries = request.retries + 1 if beyond_budget else None
+        raise task.retry(args=request.args, kwargs=kwargs, exc=exc, countdown=countdown, max_retries=max_retries)
+    except Reject as rejected:
+        if rejected.requeue:
+            raise
+        log.error("could not send the retry of chunk %s (%s): requeueing it", request.id, rejected.reason)
+        raise Reject(str(rejected.reason), requeue=True) from exc
+    finally:
+        task.__dict__.pop("override_max_retries", None)  # retry() leaves it on the (shared) task object
+
+
+def _retry_or_give_up(
+    task: Task,
+    runtime: Runtime,
+    scan_id: int | None,
+    source_uri: str,
+    refs: list[ObjectRef],
+    exc: Exception,
+    notes: list[str],
+) -> None:
+    """A transient error: retry with backoff while the budget lasts, then mark the chunk's pending images
+    ``retries-exhausted``. If even that fails (the database is what is down), retry again after the longest
+    backoff, for as long as it takes: a chunk is never acked without its rows. Always raises."""
+    retries, budget = task.request.retries, task.max_retries
+    if retries < budget:
+        countdown = retry_countdown(settings, retries)
+        log.warning("chunk %s of scan %s: retry %d/%d in %.1f s after %r", task.request.id, scan_id, retries + 1,
+                    budget, countdown, exc)  # fmt: skip
+        note = f"{_stamp()} chunk of {len(refs)} retry {retries + 1}/{budget} in {countdown:.0f} s after {_what(exc)}"
+        _retry(task, exc, countdown, _write_notes(runtime, scan_id, [*notes, note]))
+    try:
+        mark_failed(runtime, source_uri, refs, scan_id, "retries-exhausted", _what(exc))
+    except Exception as record_exc:
+        countdown = float(settings.retry_backoff_max_s)
+        log.error("chunk %s of scan %s: retries exhausted (%r) and recording that failed too (%r): trying the chunk "
+                  "again in %.0f s", task.request.id, scan_id, exc, record_exc, countdown)  # fmt: skip
+        note = (f"{_stamp()} chunk of {len(refs)}: {retries} retries exhausted ({_what(exc)}) and the failure could "
+                f"not be recorded ({_what(record_exc)}); the chunk runs again in {countdown:.0f} s")  # fmt: skip
+        _retry(task, exc, countdown, [*notes, note], beyond_budget=True)
+    note = f"{_stamp()} chunk of {len(refs)} failed for good after {retries} retries: {_what(exc)}"
+    _write_notes(runtime, scan_id, [*notes, note])
+    raise ChunkGaveUp(f"retries-exhausted: {_what(exc)}") from exc
 
 
 class ChunkTask(Task):
-    """Records the chunk's images as failed when the task gives up for good, and notes retries on the scan."""
-
-    def on_retry(
-        self, exc: BaseException, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], einfo: ExceptionInfo
-    ) -> None:
-        scan_id = args[0] if args else None
-        if scan_id is not None:
-            retries = self.request.retries + 1
-            _note(get_runtime(), scan_id, f"{utcnow():%Y-%m-%d %H:%M:%S} chunk retry {retries}/{self.max_retries} "
-                  f"after {type(exc).__name__}: {str(exc)[:200]}")  # fmt: skip
+    """Records the chunk's images as failed when the task fails for good outside its own retry policy."""
 
     def on_failure(
         self, exc: BaseException, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], einfo: ExceptionInfo
     ) -> None:
-        scan_id, source_uri, items = args
+        """Soft time limit or a bug (in the child), hard time limit (in the main process): mark the chunk failed.
+
+        If that cannot be written (the database is down), the message is not acked: a pool child requeues it
+        (``Reject``); the main process, which must not raise here, sends the chunk again after the longest backoff.
+        """
+        if isinstance(exc, ChunkGaveUp):  # already recorded by the task
+            return
+        scan_id, source_uri, items = args[0], args[1], args[2]
         reason = failure_reason(exc)
         log.error("chunk %s of scan %s failed for good (%s): %r", task_id, scan_id, reason, exc)
         try:
             with failure_runtime() as runtime:
-                mark_failed(runtime, source_uri, decode_refs(items), scan_id, reason, f"{type(exc).__name__}: {exc}")
-        except Exception:  # the database itself may be what failed; the log line above is all we can leave
-            log.exception("could not record the failure of chunk %s of scan %s", task_id, scan_id)
+                mark_failed(runtime, source_uri, decode_refs(items), scan_id, reason, _what(exc))
+                _write_notes(runtime, scan_id, [f"{_stamp()} chunk of {len(items)} failed ({reason}): {_what(exc)}"])
+        except Exception as record_exc:
+            if isinstance(exc, TimeLimitExceeded):  # celery's timeout handler in the main process: it acks next
+                log.exception("could not record the failure of chunk %s of scan %s: sending it again", task_id, scan_id)
+                try:
+                    self.apply_async(args=args, kwargs=kwargs, task_id=task_id, countdown=settings.retry_backoff_max_s)
+                except Exception:  # the broker too: nothing is left to try from here
+                    log.exception("could not send chunk %s of scan %s again", task_id, scan_id)
+                return
+            log.exception("could not record the failure of chunk %s of scan %s: requeueing it", task_id, scan_id)
+            raise Reject(f"recording the failure failed: {_what(record_exc)}", requeue=True) from record_exc
 
 
-@app.task(
-    bind=True,
-    base=ChunkTask,
-    name=TASK_NAME,
-    autoretry_for=TRANSIENT_ERRORS,
-    retry_backoff=True,
-    retry_backoff_max=settings.retry_backoff_max_s,
-    retry_jitter=True,
-    max_retries=settings.max_retries,
-)
+@app.task(bind=True, base=ChunkTask, name=TASK_NAME, max_retries=settings.max_retries)
 def scan_chunk(
-    self: Task, scan_id: int | None, source_uri: str, items: list[list[Any]], reuse: bool = True
+    self: Task,
+    scan_id: int | None,
+    source_uri: str,
+    items: list[list[Any]],
+    reuse: bool = True,
+    notes: list[str] | None = None,
 ) -> dict[str, int]:
     """Classify and record one chunk; returns counts (for logs: results live in the database).
 
     ``reuse`` (the default; ``gamma-submit --full`` sends False): objects unchanged since a result of this
-    model version are not fetched, and known content under a new key is not inferred.
+    model version are not fetched, and known content under a new key is not inferred. ``notes``: lines for the
+    scan's detail that an earlier attempt could not write (the database was down); written as soon as it can be.
     """
     runtime = get_runtime()
+    refs = decode_refs(items)
+    pending = list(notes or [])
     if scan_id is not None and _redelivered(self):
         log.warning("chunk %s of scan %s was redelivered: running it again", self.request.id, scan_id)
-        _note(runtime, scan_id, f"{utcnow():%Y-%m-%d %H:%M:%S} chunk of {len(items)} redelivered "
-              "(a worker process died or lost the broker mid-chunk); processed again")  # fmt: skip
-    outcomes = run_chunk(runtime, source_uri, decode_refs(items), scan_id, reuse)
+        pending.append(f"{_stamp()} chunk of {len(items)} redelivered (a worker process died or lost the broker "
+                       "mid-chunk); processed again")  # fmt: skip
+    pending = _write_notes(runtime, scan_id, pending)
+    try:
+        outcomes = run_chunk(runtime, source_uri, refs, scan_id, reuse)
+    except TRANSIENT_ERRORS as exc:
+        _retry_or_give_up(self, runtime, scan_id, source_uri, refs, exc, pending)
+        raise  # not reached: the line above always raises
+    _write_notes(runtime, scan_id, pending)
     return {
         "images": len(outcomes),
         "errors": sum(o.is_error for o in outcomes),

@@ -1,6 +1,10 @@
 """Faults during a scan, with real servers on 127.0.0.1: a worker child killed with SIGKILL mid-chunk, Redis
-restarted (AOF on) mid-scan, Triton stopped and restarted mid-scan. Each scan must still end with exactly one
-row per image, none of them an error, and say on the scan row what happened. Every wait is bounded."""
+restarted (AOF on) mid-scan, Triton stopped and restarted mid-scan, PostgreSQL refusing connections mid-scan.
+Each scan must still end with exactly one row per image, none of them an error, and say on the scan row what
+happened. Every wait is bounded.
+
+Tests that need a child to be reliably mid-chunk use the workers' test hooks (``tests.fixtures.worker_hooks``:
+a deterministic backend that can be slow, marks the process busy while it infers, and dies on poison images)."""
 
 from __future__ import annotations
 
@@ -15,15 +19,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
 from gamma.weights import Checkpoint
-from tests.fixtures.services import HOST, _popen, _redis_ping, celery_worker, free_port, stop_process, wait_until
+from tests.fixtures.services import (
+    HOST,
+    _popen,
+    _redis_ping,
+    celery_worker,
+    free_port,
+    postgres_cluster,
+    stop_process,
+    wait_until,
+)
+from worker.db import Image as ImageRow
 from worker.db import Result, Scan, ScanItem, make_engine, session_factory
 from worker.settings import Settings
 from worker.submit import submit_scan
 
 pytestmark = pytest.mark.integration
+
+HOOKS = ("tests.fixtures.worker_hooks",)
 
 
 def write_images(folder: Path, count: int) -> list[str]:
@@ -79,6 +96,17 @@ def assert_complete(db_url: str, scan_id: int, keys: list[str]) -> Scan:
     scan = scan_state(db_url, scan_id)
     assert (scan.status, scan.processed, scan.total, scan.errors) == ("done", len(keys), len(keys), 0)
     return scan
+
+
+def assert_no_duplicates(db_url: str, keys: list[str]) -> None:
+    """One images row and one results row per image (the database is the scan's own, distinct contents)."""
+    engine = make_engine(db_url)
+    try:
+        with session_factory(engine)() as session:
+            counts = [session.scalar(select(func.count()).select_from(t)) for t in (ScanItem, ImageRow, Result)]
+    finally:
+        engine.dispose()
+    assert counts == [len(keys)] * 3
 
 
 def worker_env(tmp_path: Path, redis_url: str, model: str, queue: str) -> dict[str, str]:
@@ -177,3 +205,29 @@ def test_triton_stopped_and_restarted_mid_scan(
         wait_for(lambda: scan_state(settings.db_url, scan_id).status == "done", 120, "scan done after restart")
     scan = assert_complete(settings.db_url, scan_id, keys)
     assert "retry" in (scan.detail or "") and "TritonUnavailable" in (scan.detail or ""), scan.detail
+
+
+def test_the_database_refuses_connections_mid_scan(redis_url: str, services_dir: Path, tmp_path: Path) -> None:
+    """PostgreSQL stopped (``pg_ctl stop -m fast``) for ~15 s mid-scan, then started on the same port and data:
+    the chunks that met the outage retry with backoff, and the notes they could not write then are written once
+    the database is back."""
+    keys = write_images(tmp_path / "images", 24)
+    with postgres_cluster() as postgres:
+        env = worker_env(tmp_path, redis_url, "gamma-fake", "faults.db")
+        env.update({"GAMMA_DB_URL": postgres.url, "GAMMA_TEST_INFER_DELAY_S": "1.0"})
+        env.update({"GAMMA_RETRY_BACKOFF_S": "1", "GAMMA_RETRY_BACKOFF_MAX_S": "4", "GAMMA_MAX_RETRIES": "20"})
+        settings = Settings.from_env(env)  # retries ride out >= 35 s of outage; this one lasts ~15 s
+        with celery_worker(env, services_dir, concurrency=2, queue="faults.db", include=HOOKS):
+            scan_id = submit_scan(settings, str(tmp_path / "images")).scan_id
+            wait_for(lambda: scan_state(settings.db_url, scan_id).processed >= 4, 60, "first chunks")
+            assert scan_state(settings.db_url, scan_id).processed <= len(keys) - 8  # chunks are left for the outage
+            postgres.stop("fast")
+            with pytest.raises(OperationalError):  # refused, not merely slow
+                scan_state(settings.db_url, scan_id)
+            time.sleep(15.0)
+            postgres.start()
+            wait_for(lambda: scan_state(settings.db_url, scan_id).status == "done", 90, "scan done after the outage")
+        scan = assert_complete(settings.db_url, scan_id, keys)
+        assert_no_duplicates(settings.db_url, keys)
+    retries = [line for line in (scan.detail or "").splitlines() if " retry " in line]
+    assert retries and all("OperationalError" in line for line in retries), scan.detail

@@ -36,6 +36,10 @@ def test_as_env_reproduces_the_settings_in_a_child_process() -> None:
         {"visibility_timeout_s": 300, "time_limit_s": 360},  # Redis would redeliver a task that is still running
         {"soft_time_limit_s": 400, "time_limit_s": 360},
         {"chunk_size": 0},
+        {"retry_backoff_s": 0},
+        {"retry_backoff_s": 200, "retry_backoff_max_s": 120},  # the first wait would exceed the cap
+        {"max_retries": -1},
+        {"retry_backoff_max_s": 3300},  # a retry countdown waits unacked: Redis would hand it out twice
     ],
 )
 def test_unsafe_combinations_are_refused(changes: dict[str, int]) -> None:

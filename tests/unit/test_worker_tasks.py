@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from deploy.triton_client import ModelNotFound, TritonUnavailable
 from gamma.inference import BatchOutputs, TorchBackend
 from gamma.verdict import VerdictThresholds
 from gamma.weights import Checkpoint
+from tests.fixtures.fake_backend import CountingBackend
 from worker import tasks
 from worker.app import app, decode_refs, encode_refs
 from worker.db import Result, ScanItem
@@ -126,8 +130,103 @@ def test_delivery_settings_are_the_safe_ones() -> None:
     assert conf.task_acks_late and conf.task_reject_on_worker_lost and conf.worker_prefetch_multiplier == 1
     assert conf.accept_content == ["json"] and conf.task_serializer == "json"
     assert conf.broker_transport_options["visibility_timeout"] > conf.task_time_limit > conf.task_soft_time_limit
-    task = tasks.scan_chunk
-    assert task.autoretry_for == tasks.TRANSIENT_ERRORS and task.retry_backoff and task.retry_jitter
+    assert tasks.scan_chunk.max_retries == tasks.settings.max_retries
+
+
+def test_backoff_is_exponential_capped_and_jittered_by_at_most_half() -> None:
+    settings = Settings(retry_backoff_s=2, retry_backoff_max_s=120, max_retries=12)
+    rng = random.Random(1)
+    for retries, nominal in [(0, 2), (1, 4), (5, 64), (6, 120), (40, 120)]:
+        waits = [tasks.retry_countdown(settings, retries, rng) for _ in range(200)]
+        assert nominal / 2 <= min(waits) and max(waits) <= nominal
+        assert max(waits) - min(waits) > nominal / 4  # really jittered
+
+
+def test_the_default_retries_ride_out_minutes_of_outage() -> None:
+    shortest, longest = tasks.retry_window_s(Settings())
+    assert shortest >= 5 * 60 and longest <= 20 * 60  # e.g. a database failover or restart
+    assert Settings().visibility_timeout_s > Settings().time_limit_s + Settings().retry_backoff_max_s
+
+
+class DatabaseDown:
+    """Makes the patched task functions raise OperationalError (connection refused) while ``down``."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
+        self.down = True
+        for name in names:
+            original = getattr(tasks, name)
+            monkeypatch.setattr(tasks, name, self._wrap(original))
+
+    def _wrap(self, original: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self.down:
+                raise OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+            return original(*args, **kwargs)
+
+        return call
+
+
+def test_a_database_outage_is_retried_and_the_notes_are_written_once_it_is_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime, scan_id, uri, refs = _scan(tmp_path, CountingBackend())
+    db = DatabaseDown(monkeypatch, "run_chunk", "note_scan")
+    attempts = []
+    original = tasks.run_chunk
+
+    def run_chunk(*args: Any, **kwargs: Any) -> Any:
+        attempts.append(1)
+        db.down = len(attempts) <= 3  # three attempts find the database down, the fourth does not
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tasks, "run_chunk", run_chunk)
+    result = tasks.scan_chunk.apply(args=[scan_id, uri, encode_refs(refs)])
+    assert result.successful() and len(attempts) == 4
+    with runtime.sessions() as session:
+        summary = scan_summary(session, scan_id)
+    assert summary.status == "done" and summary.processed == 4 and summary.error_reasons == {"undecodable": 1}
+    retries = [line for line in summary.detail.splitlines() if "retry" in line]
+    assert all("OperationalError" in line and "\n" not in line for line in retries), summary.detail
+    # carried while the database was down: the first and the latest (a scan's detail is bounded)
+    assert [line.split(" retry ")[1].split(" ")[0] for line in retries] == ["1/12", "3/12"]
+
+
+def test_when_the_failure_cannot_be_recorded_the_chunk_is_retried_not_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = FailingBackend(TritonUnavailable("connection refused"))
+    runtime, scan_id, uri, refs = _scan(tmp_path, backend)
+    monkeypatch.setattr(tasks.scan_chunk, "max_retries", 2)
+    db = DatabaseDown(monkeypatch, "mark_failed")
+    recorded = []
+    original = tasks.mark_failed
+
+    def mark_failed(*args: Any, **kwargs: Any) -> Any:
+        recorded.append(1)
+        db.down = len(recorded) <= 2  # the first two attempts to record the failure find the database down
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tasks, "mark_failed", mark_failed)
+    result = tasks.scan_chunk.apply(args=[scan_id, uri, encode_refs(refs)])
+    assert result.failed() and isinstance(result.result, tasks.ChunkGaveUp)
+    assert backend.calls == 2 + 1 + 2 and len(recorded) == 3  # two retries, then the chunk twice more
+    with runtime.sessions() as session:
+        summary = scan_summary(session, scan_id)
+    assert summary.status == "done" and summary.error_reasons == {"retries-exhausted": 4}
+    assert summary.detail.count("could not be recorded") == 2, summary.detail
+    assert summary.detail.count("failed for good") == 1, summary.detail
+
+
+def test_on_failure_requeues_the_message_when_the_failure_cannot_be_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime, scan_id, uri, refs = _scan(tmp_path, FailingBackend(RuntimeError("a bug")))
+    DatabaseDown(monkeypatch, "mark_failed")
+    with pytest.raises(Reject) as rejected:
+        tasks.scan_chunk.apply(args=[scan_id, uri, encode_refs(refs)])
+    assert rejected.value.requeue  # back to the queue, not acked: the chunk runs again
+    with runtime.sessions() as session:
+        assert scan_summary(session, scan_id).processed == 0
 
 
 def test_a_model_without_a_loaded_version_is_transient_but_an_unknown_name_is_not() -> None:
