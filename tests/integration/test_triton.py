@@ -9,9 +9,16 @@ worker sends), plus noise and a gradient.
 from __future__ import annotations
 
 import json
+import os
+import queue
+import re
+import signal
 import socket
+import subprocess
+import sysconfig
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -231,3 +238,82 @@ def test_shipped_model_served_matches_in_process(
             _assert_close(backend.infer(CROPS), expected)
         finally:
             backend.close()
+
+
+# The gamma-triton console script, as a developer runs it.
+
+GAMMA_TRITON = Path(sysconfig.get_paths()["scripts"]) / "gamma-triton"
+
+
+def _lines(stream: object) -> queue.Queue[str]:
+    """The lines of a text stream, read by a daemon thread (so waiting for one can time out)."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_gamma_triton_cli_serves_until_sigterm(triton_repository: Path, tmp_path: Path) -> None:
+    """``gamma-triton`` on free ports: ready line, real inference over gRPC, then SIGTERM to its PID stops it and
+    its tritonserver with exit code 0."""
+    assert GAMMA_TRITON.is_file(), f"{GAMMA_TRITON} missing: pip install -e ."
+    http_port, grpc_port = free_port(), free_port()
+    log = tmp_path / "tritonserver.log"
+    command = [str(GAMMA_TRITON), "--model-repository", str(triton_repository)]
+    command += ["--http-port", str(http_port), "--grpc-port", str(grpc_port), "--log-file", str(log)]
+    cli = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    server_pid = None
+    try:
+        lines = _lines(cli.stdout)
+        started = lines.get(timeout=60)
+        match = re.fullmatch(rf"tritonserver pid (\d+), log {re.escape(str(log))}\n", started)
+        assert match, started
+        server_pid = int(match.group(1))
+        assert server_pid != cli.pid and _alive(server_pid)
+        ready = lines.get(timeout=120)
+        assert ready == f"ready: gRPC 127.0.0.1:{grpc_port}, HTTP http://127.0.0.1:{http_port}\n"
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=5) as response:
+            assert response.status == 200
+        backend = TritonBackend(f"127.0.0.1:{grpc_port}", MODEL, timeout_s=60)
+        try:
+            assert backend.infer(CROPS[:1]).probability.shape == (1,)
+        finally:
+            backend.close()
+
+        stopping = time.monotonic()
+        cli.send_signal(signal.SIGTERM)
+        assert cli.wait(timeout=30) == 0, cli.stderr.read() if cli.stderr else ""
+        assert time.monotonic() - stopping < 30
+        assert not _alive(server_pid), "tritonserver outlived gamma-triton"
+        with socket.socket() as probe:  # the ports are free again
+            assert probe.connect_ex(("127.0.0.1", grpc_port)) != 0
+        assert "Started GRPCInferenceService at 127.0.0.1:" in log.read_text(errors="replace")
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+        if server_pid is not None and _alive(server_pid):
+            os.kill(server_pid, signal.SIGKILL)
+
+
+def test_gamma_triton_cli_refuses_a_missing_repository(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [str(GAMMA_TRITON), "--model-repository", str(tmp_path / "absent"), "--http-port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: model repository ") and "is not a folder" in done.stderr
