@@ -192,8 +192,8 @@ def bench_ort_trt(
 ) -> Iterator[Row | str]:
     import onnxruntime as ort
 
-    from deploy.onnx_export import ort_session
     from gamma import wire
+    from gamma.inference import ort_session
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     options = ort.SessionOptions()

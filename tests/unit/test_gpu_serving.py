@@ -164,7 +164,8 @@ def test_onnxruntime_cuda_provider_matches_cpu(tmp_path: Path) -> None:
     the CPU provider on real crops."""
     import onnxruntime as ort
 
-    from deploy.onnx_export import export_onnx, ort_session
+    from deploy.onnx_export import export_onnx
+    from gamma.inference import ort_session
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
