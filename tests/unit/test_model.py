@@ -8,6 +8,7 @@ import torch
 from gamma.config import PRESETS, GammaConfig, preset
 from gamma.model import GammaModel, InvalidInput
 from gamma.model.attention import ReverseCrossAttention
+from gamma.model.encoder import DropPath
 from gamma.model.serving import ServingModel
 
 
@@ -107,13 +108,37 @@ def test_both_decoders_feed_the_image_logit(b0: GammaModel) -> None:
         assert decoder.fuse.weight.grad is not None and decoder.fuse.weight.grad.abs().sum() > 0
 
 
+def test_drop_path_drops_whole_samples_in_training_only() -> None:
+    drop = DropPath(0.5).train()
+    branch = torch.ones(64, 4, 8)
+    torch.manual_seed(0)
+    out = drop(branch).flatten(1)
+    # Each sample's branch is dropped whole (0) or kept and scaled by 1/keep (2): expectation unchanged.
+    assert (out == out[:, :1]).all() and set(out[:, 0].tolist()) == {0.0, 2.0}
+    dropped = int((out[:, 0] == 0).sum())
+    assert 16 < dropped < 48  # ~half of 64 (binomial: outside this range with probability < 1e-4)
+    assert torch.equal(drop.eval()(branch), branch)
+
+
 def test_stochastic_depth_only_in_training() -> None:
-    model = GammaModel(preset("gamma-b0").replace(drop_path_rate=0.5))
-    images = torch.rand(2, 3, 64, 64)
-    model.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(model(images).image_logit, model(images).image_logit)
+    # Other dropouts off, so any difference between passes comes from stochastic depth.
+    config = preset("gamma-b0").replace(drop_path_rate=0.5, hidden_dropout_prob=0.0, decoder_dropout_prob=0.0)
+    torch.manual_seed(0)
+    model = GammaModel(config)
     assert max(block.drop_path.p for stage in model.encoder.stages for block in stage.blocks) == 0.5
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        model.train()
+        torch.manual_seed(1)
+        first = model(images).image_logit
+        torch.manual_seed(2)
+        second = model(images).image_logit
+        assert not torch.allclose(first, second)
+        model.eval()
+        torch.testing.assert_close(model(images).image_logit, model(images).image_logit, rtol=0, atol=0)
+        # Without stochastic depth, training-mode passes are identical: the difference above is DropPath's.
+        reference = GammaModel(config.replace(drop_path_rate=0.0)).train()
+        torch.testing.assert_close(reference(images).image_logit, reference(images).image_logit, rtol=0, atol=0)
 
 
 def test_serving_model_emits_wire_dtypes(b0: GammaModel) -> None:
