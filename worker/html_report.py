@@ -27,6 +27,7 @@ from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from gamma.preprocess import CROP_SIZE
 from worker.db import Result, Scan, ScanItem, make_engine, session_factory
 from worker.records import scan_summary
 from worker.settings import Settings
@@ -100,11 +101,16 @@ def _placeholder(text: str) -> Image.Image:
     return image
 
 
+def blank_crop() -> Image.Image:
+    """Dark stand-in of the crop's size, under a mask whose original cannot be read (the mask still scales to it)."""
+    return Image.new("RGB", (CROP_SIZE, CROP_SIZE), (30, 30, 30))
+
+
 def crop_image(data: bytes) -> Image.Image:
     """The 512x512 RGB crop the model saw (the preprocessing contract), as a Pillow image."""
     from gamma.preprocess import preprocess
 
-    crop = preprocess(data)  # (3, 512, 512) uint8
+    crop = preprocess(data)  # (3, CROP_SIZE, CROP_SIZE) uint8
     return Image.fromarray(np.ascontiguousarray(np.transpose(crop, (1, 2, 0))))
 
 
@@ -129,7 +135,7 @@ def pictures(reader: Reader, source_uri: str, row: Row) -> tuple[str, str, str]:
             if url is None:
                 raise ValueError("no mask")
             mask = reader.url(url)
-            shown = overlay(base if base is not None else Image.new("RGB", (512, 512), (30, 30, 30)), mask, colour)
+            shown = overlay(base if base is not None else blank_crop(), mask, colour)
             thumbs.append(_data_uri(shown.resize((THUMB, THUMB), Image.Resampling.LANCZOS)))
         except (ObjectUnreadable, StorageUnavailable, OSError, ValueError):
             thumbs.append(_data_uri(_placeholder("mask unavailable")))

@@ -6,6 +6,7 @@ about the preset. One real dynamo export per module; other tests reuse its ONNX 
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 from pathlib import Path
@@ -19,6 +20,7 @@ from tritonclient.grpc import model_config_pb2 as pb
 
 import deploy.export_triton as export_triton
 import deploy.onnx_export as onnx_export
+import deploy.triton_config as triton_config
 import gamma.weights
 from deploy.export_triton import ExportOptions, VersionExists, export_to_repository
 from deploy.onnx_export import ExportResult, ParityError, check_parity, export_onnx
@@ -249,3 +251,34 @@ def test_missing_default_checkpoint_is_a_clear_error(
     assert export_triton.main(["--out", str(tmp_path / "repo")]) != 0
     assert "gamma-local-b0" in capsys.readouterr().err
     assert not (tmp_path / "repo").exists()
+
+
+def test_python_template_reads_exactly_the_param_keys_of_triton_config() -> None:
+    """The python backend's model.py imports nothing from the project (the server has no gamma installed), so it
+    repeats the PARAM_* keys by design; this pins the copy to the source: every ``params.get(KEY, default)`` key
+    is a PARAM_* value and every PARAM_* value is read. The file default must be the file the exporter writes."""
+    tree = ast.parse((export_triton.TEMPLATES / "python_model.py").read_text())
+    reads = {
+        call.args[0].value: call.args[1].value if len(call.args) > 1 else None
+        for call in ast.walk(tree)
+        if isinstance(call, ast.Call)
+        and isinstance(call.func, ast.Attribute)
+        and call.func.attr == "get"
+        and isinstance(call.func.value, ast.Name)
+        and call.func.value.id == "params"
+        and call.args
+        and isinstance(call.args[0], ast.Constant)
+    }
+    declared = {getattr(triton_config, n) for n in dir(triton_config) if n.startswith("PARAM_")}
+    assert declared, "no PARAM_* constants found in deploy/triton_config.py"
+    assert set(reads) == declared
+    assert reads[triton_config.PARAM_ONNX_FILE] == triton_config.MODEL_FILES["onnxruntime"]
+
+
+def test_dynamo_export_takes_the_positional_dynamic_shapes(exported: Path) -> None:
+    """The module's export came from the dynamo exporter (dynamic_shapes given positionally), not the fallback."""
+    metadata = json.loads((exported / "gamma-micro" / "3" / "metadata.json").read_text())
+    assert metadata["onnx"]["exporter"] == "dynamo", metadata["onnx"]["fallback_reason"]
+    graph = onnx.load(str(exported / "gamma-micro" / "3" / "model.onnx"), load_external_data=False)
+    batch_axis = graph.graph.input[0].type.tensor_type.shape.dim[0]
+    assert graph.graph.input[0].name == wire.IMAGES.name and not batch_axis.HasField("dim_value")

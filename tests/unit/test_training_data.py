@@ -11,7 +11,9 @@ import torch
 from PIL import Image
 
 from gamma.model import GammaOutput
+from gamma.preprocess import CROP_SIZE
 from training.augment import Augment
+from training.config import TrainConfig
 from training.data import builders, datasets
 from training.labels import LABELS, label_of
 from training.losses import gamma_loss
@@ -198,3 +200,11 @@ def test_loss_weights_are_two_two_one() -> None:
     confident = GammaOutput(torch.full((2,), 20.0), torch.full((2, 1, 4, 4), 20.0), torch.full((2, 1, 4, 4), -20.0))
     total, _ = gamma_loss(confident, torch.ones(2), torch.ones(2, 1, 16, 16), torch.zeros(2, 1, 16, 16))
     assert total.item() < 1e-6
+
+
+def test_a_preset_without_crops_trains_and_validates_on_the_serving_crop(tmp_path: Path) -> None:
+    """Unless a preset says otherwise (local-b0 trains at 192 for speed), crops are the contract's CROP_SIZE."""
+    path = tmp_path / "plain.toml"
+    path.write_text('name = "plain"\n[train]\nlr = 2e-4\n')
+    config = TrainConfig.from_toml(path)
+    assert (config.train_crop, config.val_crop, config.lr) == (CROP_SIZE, CROP_SIZE, 2e-4)

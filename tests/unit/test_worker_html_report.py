@@ -14,9 +14,10 @@ from click.testing import CliRunner
 from PIL import Image
 from sqlalchemy import update
 
+from gamma.preprocess import CROP_SIZE
 from tests.fixtures.fake_backend import CountingBackend
 from worker.db import Scan
-from worker.html_report import main, redact
+from worker.html_report import blank_crop, crop_image, main, redact
 from worker.pipeline import run_chunk
 from worker.runtime import Runtime
 from worker.scans import list_into_scan, open_scan
@@ -159,3 +160,10 @@ def test_masks_and_originals_are_read_from_s3(monkeypatch: pytest.MonkeyPatch) -
     red, green, _ = decoded[1].getpixel((128, 128))
     assert red > 150 and green < 80  # full-probability AI mask: strongly red
     assert manipulation.startswith("data:image/jpeg;base64,")  # a missing mask is a placeholder, not a crash
+
+
+def test_stand_in_for_an_unreadable_original_has_the_crop_size() -> None:
+    """A mask overlays the crop the model saw; when the original is unreadable it overlays a blank of that size."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (700, 600), (200, 10, 10)).save(buffer, "JPEG")
+    assert blank_crop().size == crop_image(buffer.getvalue()).size == (CROP_SIZE, CROP_SIZE)
