@@ -60,6 +60,9 @@ class Settings:
     max_retries: int = 12
     retry_backoff_s: int = 2
     retry_backoff_max_s: int = 120
+    # A chunk whose worker process dies under it (SIGKILL, segfault, OOM) goes back to the queue; after this many
+    # starts of the same message its images are marked "worker-lost" instead of killing yet another process.
+    max_deliveries: int = 3
     metrics_port: int = 0  # 0: no /metrics endpoint (worker.metrics)
     metrics_host: str = "0.0.0.0"
     schedule: str = ""  # beat: inline JSON or a TOML/JSON file of {source, cron} (worker.schedule)
@@ -73,6 +76,8 @@ class Settings:
             raise ValueError("need 0 < soft_time_limit_s < time_limit_s (the soft limit lets a task mark its images)")
         if self.max_retries < 0 or not 0 < self.retry_backoff_s <= self.retry_backoff_max_s:
             raise ValueError("need max_retries >= 0 and 0 < retry_backoff_s <= retry_backoff_max_s")
+        if self.max_deliveries < 1:
+            raise ValueError(f"max_deliveries={self.max_deliveries} must be >= 1")
         if self.visibility_timeout_s <= self.time_limit_s + self.retry_backoff_max_s:
             raise ValueError(
                 f"visibility_timeout_s={self.visibility_timeout_s} must exceed time_limit_s + retry_backoff_max_s "

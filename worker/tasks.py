@@ -169,6 +169,62 @@ def _redelivered(task: Task) -> bool:
     return bool(delivery_info.get("redelivered") or headers.get("redelivered") or getattr(request, "redelivered", 0))
 
 
+class DeliveryCounter:
+    """How many times each message was started, counted in the broker's Redis (``INCR``, expiring keys).
+
+    A message is a (task id, retry number) pair: a retry is a new message, a redelivery (the process running
+    it died, or the worker lost the broker) is the same one again. Counting happens as the task starts, before
+    anything can crash, so a chunk that kills its process every time is recognised on its next delivery
+    (``max_deliveries``) and its images are marked ``worker-lost`` instead. A broker that is not Redis, or
+    Redis unreachable for the counter, means "not counted" (``None``): the chunk then simply runs.
+    """
+
+    PREFIX = "gamma:deliveries:"
+    TTL_S = 7 * 24 * 3600  # a message redelivered later than this starts counting again
+
+    def __init__(self, broker_url: str) -> None:
+        self._client: Any = None
+        if broker_url.startswith(("redis://", "rediss://", "unix://")):
+            import redis
+
+            self._client = redis.Redis.from_url(broker_url, socket_timeout=5, socket_connect_timeout=5)
+
+    def _key(self, task_id: str, retries: int) -> str:
+        return f"{self.PREFIX}{task_id}:{retries}"
+
+    def started(self, task_id: str, retries: int) -> int | None:
+        if self._client is None:
+            return None
+        try:
+            pipe = self._client.pipeline()
+            pipe.incr(self._key(task_id, retries))
+            pipe.expire(self._key(task_id, retries), self.TTL_S)
+            count, _ = pipe.execute()
+            return int(count)
+        except Exception as exc:  # never worth failing a chunk for (and the broker URL is never logged)
+            log.warning("could not count the delivery of %s (%s): not counted", task_id, type(exc).__name__)
+            return None
+
+    def forget(self, task_id: str, retries: int) -> None:
+        if self._client is None:
+            return
+        try:
+            self._client.delete(self._key(task_id, retries))
+        except Exception as exc:  # the key expires anyway
+            log.warning("could not clear the delivery count of %s (%s)", task_id, type(exc).__name__)
+
+
+_counter: tuple[int, DeliveryCounter] | None = None
+
+
+def delivery_counter() -> DeliveryCounter:
+    """This process's counter (built after the fork: a Redis connection is never shared with a parent)."""
+    global _counter
+    if _counter is None or _counter[0] != os.getpid():
+        _counter = (os.getpid(), DeliveryCounter(settings.broker_url))
+    return _counter[1]
+
+
 def _stamp() -> str:
     return f"{utcnow():%Y-%m-%d %H:%M:%S}"
 
@@ -199,7 +255,9 @@ def _write_notes(runtime: Runtime, scan_id: int | None, notes: list[str]) -> lis
     return []
 
 
-def _retry(task: Task, exc: BaseException, countdown: float, notes: list[str], beyond_budget: bool = False) -> None:
+def _retry(
+    task: Task, exc: BaseException, countdown: float, notes: list[str], beyond_budget: bool = False, lost: int = 0
+) -> None:
     """Send the chunk again in ``countdown`` s (a new message: the old one is then acked); always raises.
 
     ``beyond_budget``: the retries are spent but the failure could not be recorded either, so the chunk must not
@@ -208,6 +266,8 @@ def _retry(task: Task, exc: BaseException, countdown: float, notes: list[str], b
     """
     request = task.request
     kwargs = {**(request.kwargs or {}), "notes": notes}
+    if lost:
+        kwargs["lost"] = lost
     try:
         max_retries = request.retries + 1 if beyond_budget else None
         raise task.retry(args=request.args, kwargs=kwargs, exc=exc, countdown=countdown, max_retries=max_retries)
@@ -253,6 +313,33 @@ def _retry_or_give_up(
     raise ChunkGaveUp(f"retries-exhausted: {_what(exc)}") from exc
 
 
+def _mark_worker_lost(
+    task: Task,
+    runtime: Runtime,
+    scan_id: int | None,
+    source_uri: str,
+    refs: list[ObjectRef],
+    lost: int,
+    notes: list[str],
+) -> None:
+    """The chunk killed its worker process ``lost`` times: give its pending images ``worker-lost``. Always raises.
+
+    If the database refuses that, retry (after the longest backoff) with ``lost`` in the message, so the next
+    attempt goes straight to recording instead of running the chunk, and killing a process, again."""
+    what = (f"its worker process died {lost} times while running it (SIGKILL, a crash in a decoder, the OOM "
+            "killer?)")  # fmt: skip
+    log.error("chunk %s of scan %s: %s; marking its images worker-lost", task.request.id, scan_id, what)
+    try:
+        mark_failed(runtime, source_uri, refs, scan_id, "worker-lost", what)
+    except Exception as record_exc:
+        countdown = float(settings.retry_backoff_max_s)
+        note = (f"{_stamp()} chunk of {len(refs)}: {what}; marking it worker-lost failed ({_what(record_exc)}); "
+                f"trying again in {countdown:.0f} s")  # fmt: skip
+        _retry(task, record_exc, countdown, [*notes, note], beyond_budget=True, lost=lost)
+    _write_notes(runtime, scan_id, [*notes, f"{_stamp()} chunk of {len(refs)}: {what}; its images are worker-lost"])
+    raise ChunkGaveUp(f"worker-lost: {what}")
+
+
 class ChunkTask(Task):
     """Records the chunk's images as failed when the task fails for good outside its own retry policy."""
 
@@ -293,26 +380,46 @@ def scan_chunk(
     items: list[list[Any]],
     reuse: bool = True,
     notes: list[str] | None = None,
+    lost: int = 0,
 ) -> dict[str, int]:
     """Classify and record one chunk; returns counts (for logs: results live in the database).
 
     ``reuse`` (the default; ``gamma-submit --full`` sends False): objects unchanged since a result of this
     model version are not fetched, and known content under a new key is not inferred. ``notes``: lines for the
     scan's detail that an earlier attempt could not write (the database was down); written as soon as it can be.
+    ``lost``: the chunk already killed its worker process this many times; only record its images worker-lost.
     """
+    request = self.request
+    deliveries = None if request.is_eager else delivery_counter().started(request.id, request.retries)
     runtime = get_runtime()
     refs = decode_refs(items)
     pending = list(notes or [])
-    if scan_id is not None and _redelivered(self):
-        log.warning("chunk %s of scan %s was redelivered: running it again", self.request.id, scan_id)
-        pending.append(f"{_stamp()} chunk of {len(items)} redelivered (a worker process died or lost the broker "
-                       "mid-chunk); processed again")  # fmt: skip
+    if lost or (deliveries is not None and deliveries > settings.max_deliveries):
+        try:
+            _mark_worker_lost(self, runtime, scan_id, source_uri, refs, lost or (deliveries or 1) - 1, pending)
+        finally:
+            if deliveries is not None:
+                delivery_counter().forget(request.id, request.retries)
+    if scan_id is not None and (_redelivered(self) or (deliveries or 0) > 1):
+        log.warning("chunk %s of scan %s was redelivered: running it again", request.id, scan_id)
+        count = f"delivery {deliveries} of at most {settings.max_deliveries}; " if deliveries else ""
+        pending.append(f"{_stamp()} chunk of {len(items)} redelivered ({count}a worker process died or lost the "
+                       "broker mid-chunk); processed again")  # fmt: skip
     pending = _write_notes(runtime, scan_id, pending)
     try:
-        outcomes = run_chunk(runtime, source_uri, refs, scan_id, reuse)
-    except TRANSIENT_ERRORS as exc:
-        _retry_or_give_up(self, runtime, scan_id, source_uri, refs, exc, pending)
-        raise  # not reached: the line above always raises
+        try:
+            outcomes = run_chunk(runtime, source_uri, refs, scan_id, reuse)
+        except TRANSIENT_ERRORS as exc:
+            _retry_or_give_up(self, runtime, scan_id, source_uri, refs, exc, pending)
+            raise  # not reached: the line above always raises
+    except Reject:  # the same message comes back: it still counts as that message's delivery
+        raise
+    except BaseException:
+        if deliveries is not None:
+            delivery_counter().forget(request.id, request.retries)
+        raise
+    if deliveries is not None:
+        delivery_counter().forget(request.id, request.retries)
     _write_notes(runtime, scan_id, pending)
     return {
         "images": len(outcomes),

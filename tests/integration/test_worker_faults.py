@@ -14,6 +14,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ from tests.fixtures.services import (
     stop_process,
     wait_until,
 )
+from tests.fixtures.worker_hooks import POISON_RGB, read_marker
 from worker.db import Image as ImageRow
 from worker.db import Result, Scan, ScanItem, make_engine, session_factory
 from worker.settings import Settings
@@ -98,15 +100,16 @@ def assert_complete(db_url: str, scan_id: int, keys: list[str]) -> Scan:
     return scan
 
 
-def assert_no_duplicates(db_url: str, keys: list[str]) -> None:
-    """One images row and one results row per image (the database is the scan's own, distinct contents)."""
+def assert_no_duplicates(db_url: str, keys: list[str], unread: int = 0) -> None:
+    """One scan item and one results row per image, one images row per image whose bytes were read (the
+    database is the scan's own; the images have distinct contents)."""
     engine = make_engine(db_url)
     try:
         with session_factory(engine)() as session:
             counts = [session.scalar(select(func.count()).select_from(t)) for t in (ScanItem, ImageRow, Result)]
     finally:
         engine.dispose()
-    assert counts == [len(keys)] * 3
+    assert counts == [len(keys), len(keys) - unread, len(keys)]
 
 
 def worker_env(tmp_path: Path, redis_url: str, model: str, queue: str) -> dict[str, str]:
@@ -124,23 +127,103 @@ def worker_env(tmp_path: Path, redis_url: str, model: str, queue: str) -> dict[s
     }
 
 
-def test_a_worker_child_killed_mid_chunk(
-    redis_url: str, tiny_checkpoint: Checkpoint, services_dir: Path, tmp_path: Path
-) -> None:
-    keys = write_images(tmp_path / "images", 16)
-    assert tiny_checkpoint.path is not None
-    env = worker_env(tmp_path, redis_url, str(tiny_checkpoint.path), "faults.kill")
+def busy_children(worker_pid: int, markers: Path) -> dict[int, list[str]]:
+    """pid -> chunk keys of the worker's live pool children that are inferring right now (their marker exists)."""
+    busy = {}
+    for pid in children(worker_pid):
+        keys = read_marker(markers / f"{pid}.busy")
+        if keys:
+            busy[pid] = keys
+    return busy
+
+
+def wait_for_busy_child(worker_pid: int, markers: Path, avoid: set[str], timeout: float) -> tuple[int, list[str]]:
+    """A live pool child inferring a chunk with none of the keys in ``avoid``, and that chunk's keys."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid, chunk in busy_children(worker_pid, markers).items():
+            if not avoid & set(chunk):
+                return pid, chunk
+        time.sleep(0.05)
+    raise AssertionError(f"no child in the middle of a new chunk after {timeout} s")
+
+
+def replaced(worker_pid: int, victim: int) -> bool:
+    alive = children(worker_pid)
+    return victim not in alive and len(alive) == 2
+
+
+def progressed(db_url: str, scan_id: int, before: int) -> bool:
+    return scan_state(db_url, scan_id).processed > before
+
+
+def test_worker_children_killed_mid_chunk_three_times(redis_url: str, services_dir: Path, tmp_path: Path) -> None:
+    """SIGKILL (by PID) of a pool child that is mid-chunk, three times in one scan, each time of a chunk not
+    killed before, waiting for the scan to move on in between: every killed chunk is redelivered and completed."""
+    keys = write_images(tmp_path / "images", 32)
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    env = worker_env(tmp_path, redis_url, "gamma-fake", "faults.kill")
+    env.update({"GAMMA_TEST_INFER_DELAY_S": "1.0", "GAMMA_TEST_MARKERS": str(markers)})
     settings = Settings.from_env(env)
-    with celery_worker(env, services_dir, concurrency=2, queue="faults.kill") as worker:
+    killed: list[tuple[int, list[str]]] = []
+    with celery_worker(env, services_dir, concurrency=2, queue="faults.kill", include=HOOKS) as worker:
         scan_id = submit_scan(settings, str(tmp_path / "images")).scan_id
-        wait_for(lambda: scan_state(settings.db_url, scan_id).processed >= 2, 90, "first chunk")
-        victim = children(worker.pid)[0]
-        os.kill(victim, signal.SIGKILL)  # by PID: one pool child, in the middle of its next chunk
-        wait_for(lambda: scan_state(settings.db_url, scan_id).status == "done", 120, "scan done after the kill")
-        assert worker.poll() is None  # the worker itself lives on, with a new child
-        assert victim not in children(worker.pid)
+        for _ in range(3):
+            avoid = {key for _, chunk in killed for key in chunk}
+            victim, chunk = wait_for_busy_child(worker.pid, markers, avoid, 60)
+            before = scan_state(settings.db_url, scan_id).processed
+            os.kill(victim, signal.SIGKILL)
+            killed.append((victim, chunk))
+            assert before < len(keys)
+            # it died inside the backend call: its marker was never removed
+            assert read_marker(markers / f"{victim}.busy") == chunk
+            wait_for(partial(replaced, worker.pid, victim), 30, "a new child")
+            wait_for(partial(progressed, settings.db_url, scan_id, before), 60, "progress after the kill")
+        wait_for(lambda: scan_state(settings.db_url, scan_id).status == "done", 120, "scan done after the kills")
+        assert worker.poll() is None  # the worker itself lived on, with new children
+    assert len({pid for pid, _ in killed}) == 3 and len({k for _, chunk in killed for k in chunk}) == 6
     scan = assert_complete(settings.db_url, scan_id, keys)
-    assert "redelivered" in (scan.detail or ""), scan.detail
+    assert_no_duplicates(settings.db_url, keys)
+    redelivered = [line for line in (scan.detail or "").splitlines() if "redelivered" in line]
+    assert len(redelivered) == 3 and all("delivery 2 of at most 3" in line for line in redelivered), scan.detail
+
+
+def test_a_chunk_that_kills_its_worker_every_time_is_marked_worker_lost(
+    redis_url: str, services_dir: Path, tmp_path: Path
+) -> None:
+    """A poison chunk (its image kills the process that infers it, as a decoder segfault or the OOM killer
+    would) runs max_deliveries = 3 times, killing three children; its fourth delivery marks its images
+    ``worker-lost`` and acks. The rest of the scan completes normally."""
+    keys = write_images(tmp_path / "images", 12)
+    Image.new("RGB", (80, 64), POISON_RGB).save(tmp_path / "images" / "04.png")
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    env = worker_env(tmp_path, redis_url, "gamma-fake", "faults.poison")
+    env.update({"GAMMA_TEST_MARKERS": str(markers), "GAMMA_MAX_DELIVERIES": "3"})
+    settings = Settings.from_env(env)
+    with celery_worker(env, services_dir, concurrency=2, queue="faults.poison", include=HOOKS) as worker:
+        scan_id = submit_scan(settings, str(tmp_path / "images")).scan_id
+        wait_for(lambda: scan_state(settings.db_url, scan_id).status == "done", 120, "scan done despite the poison")
+        assert worker.poll() is None
+    engine = make_engine(settings.db_url)
+    with session_factory(engine)() as session:
+        rows = session.execute(
+            select(ScanItem.key, Result.verdict, Result.error_reason)
+            .join(Result, Result.id == ScanItem.result_id)
+            .where(ScanItem.scan_id == scan_id)
+        ).all()
+    engine.dispose()
+    lost = sorted(key for key, verdict, reason in rows if (verdict, reason) == ("error", "worker-lost"))
+    assert len(rows) == len(keys) and "04.png" in lost and len(lost) == 2  # the poison chunk: 04.png and its pair
+    assert [key for key, verdict, _ in rows if verdict == "error" and key not in lost] == []
+    # three children died inside the backend call on that chunk (their markers were never removed)
+    assert sorted(sorted(read_marker(path) or []) for path in markers.glob("*.busy")) == [lost] * 3
+    scan = scan_state(settings.db_url, scan_id)
+    assert (scan.status, scan.processed, scan.total, scan.errors) == ("done", len(keys), len(keys), 2)
+    assert_no_duplicates(settings.db_url, keys, unread=2)  # worker-lost images were never read to the end
+    detail = scan.detail or ""
+    assert detail.count("redelivered") == 2 and detail.count("worker-lost") == 1, detail
 
 
 @pytest.mark.slow  # ~100 s: kombu restores the chunk that was unacked when Redis went away only periodically

@@ -39,6 +39,7 @@ def test_as_env_reproduces_the_settings_in_a_child_process() -> None:
         {"retry_backoff_s": 0},
         {"retry_backoff_s": 200, "retry_backoff_max_s": 120},  # the first wait would exceed the cap
         {"max_retries": -1},
+        {"max_deliveries": 0},
         {"retry_backoff_max_s": 3300},  # a retry countdown waits unacked: Redis would hand it out twice
     ],
 )

@@ -277,3 +277,24 @@ def test_a_runtime_inherited_across_fork_is_not_reused(tmp_path: Path, monkeypat
     assert fresh is not runtime and fresh.engine is not runtime.engine
     assert disposed == [False]  # the parent's sockets are dropped, not closed under it
     fresh.close()
+
+
+def test_a_chunk_that_kept_killing_its_worker_is_recorded_worker_lost_without_running(tmp_path: Path) -> None:
+    backend = CountingBackend()
+    runtime, scan_id, uri, refs = _scan(tmp_path, backend)
+    result = tasks.scan_chunk.apply(args=[scan_id, uri, encode_refs(refs)], kwargs={"lost": 3})
+    assert result.failed() and isinstance(result.result, tasks.ChunkGaveUp)
+    assert backend.calls == 0  # not run a fourth time
+    with runtime.sessions() as session:
+        summary = scan_summary(session, scan_id)
+    assert summary.status == "done" and summary.error_reasons == {"worker-lost": 4}
+    assert summary.detail.count("died 3 times") == 1, summary.detail
+
+
+def test_the_delivery_counter_counts_only_on_redis_and_never_fails_a_chunk() -> None:
+    from tests.fixtures.services import free_port
+
+    assert tasks.DeliveryCounter("memory://").started("t", 0) is None
+    unreachable = tasks.DeliveryCounter(f"redis://127.0.0.1:{free_port()}/0")
+    assert unreachable.started("t", 0) is None  # refused: not counted, the chunk simply runs
+    unreachable.forget("t", 0)
