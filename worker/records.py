@@ -50,12 +50,16 @@ def create_scan(session: Session, source_uri: str, model_name: str) -> int:
 
 
 def add_scan_items(session: Session, scan_id: int, keys: Iterable[str]) -> None:
-    """Register listed keys (idempotent: a key already in the scan keeps its result)."""
-    rows = _unique(({"scan_id": scan_id, "key": key, "updated_at": utcnow()} for key in keys), ("key",))
+    """Register listed keys (idempotent: a key already in the scan keeps its result).
+
+    One "executemany" of a statement compiled once (the listing registers a page of keys per call), not a
+    multi-row VALUES that SQLAlchemy would compile anew for every page.
+    """
+    now = utcnow()
+    rows = _unique(({"scan_id": scan_id, "key": key, "updated_at": now} for key in keys), ("key",))
     if rows:
-        session.execute(
-            _insert(session, ScanItem).values(rows).on_conflict_do_nothing(index_elements=["scan_id", "key"])
-        )
+        statement = _insert(session, ScanItem.__table__).on_conflict_do_nothing(index_elements=["scan_id", "key"])
+        session.execute(statement, rows)
 
 
 def finish_listing(session: Session, scan_id: int, total: int) -> None:

@@ -1,8 +1,13 @@
-"""Turning a source into a scan: list it (streamed), register its keys chunk by chunk, hand each chunk on.
+"""Turning a source into a scan: list it (streamed), register its keys a page at a time, hand each chunk on.
 
 ``gamma-submit`` hands chunks to Celery; ``gamma-scan`` runs them right away. Keys are registered in the scan
 before their chunk is handed on, and the total is written only when the listing is complete, so a scan is
 ``done`` exactly when every listed key has a result — never while the listing is still going.
+
+Memory is O(1) in the size of the source: the listing is a stream (S3 pages, ``os.scandir``), and at most one
+registration batch (:data:`REGISTER_BATCH` keys, one S3 page) plus one chunk is held at a time. Keys are
+registered one batch per transaction, not one chunk per transaction: a million keys are a thousand commits,
+not thirty thousand.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from sqlalchemy.orm import sessionmaker
 
 from worker.records import add_scan_items, create_scan, fail_scan, finish_listing, known_by_etag, link_known
 from worker.storage import LocalSource, ObjectRef, S3Source
+
+REGISTER_BATCH = 1000  # keys registered (and looked up for reuse) per transaction: one S3 listing page
 
 
 def chunked(refs: Iterable[ObjectRef], size: int) -> Iterator[list[ObjectRef]]:
@@ -47,13 +54,13 @@ def list_into_scan(
     total = 0
     pending: list[ObjectRef] = []
     try:
-        for chunk in chunked(source.list(), chunk_size):
+        for batch in chunked(source.list(), max(chunk_size, REGISTER_BATCH)):
             with sessions.begin() as session:
-                add_scan_items(session, scan_id, [ref.key for ref in chunk])
-                known = known_by_etag(session, source.bucket, chunk, *skip_known) if skip_known else {}
+                add_scan_items(session, scan_id, [ref.key for ref in batch])
+                known = known_by_etag(session, source.bucket, batch, *skip_known) if skip_known else {}
                 link_known(session, scan_id, known)
-            pending.extend(ref for ref in chunk if ref.key not in known)
-            total += len(chunk)
+            pending.extend(ref for ref in batch if ref.key not in known)
+            total += len(batch)
             while len(pending) >= chunk_size:
                 dispatch(pending[:chunk_size])
                 del pending[:chunk_size]
