@@ -351,7 +351,7 @@ def scan_summary(session: Session, scan_id: int) -> ScanSummary:
 
 
 # Error results that say something about the run, not about the bytes: never reused by a later scan.
-NOT_REUSABLE_REASONS = ("retries-exhausted", "time-limit", "backend-error", "internal-error")
+NOT_REUSABLE_REASONS = ("retries-exhausted", "time-limit", "backend-error", "internal-error", "worker-lost")
 
 
 def _reusable(model_name: str, model_version: int) -> Any:

@@ -15,7 +15,7 @@ from tests.fixtures.fake_backend import CountingBackend
 from worker.app import create_app
 from worker.db import Result, Scan, ScanItem
 from worker.outcome import Outcome
-from worker.pipeline import run_chunk
+from worker.pipeline import mark_failed, run_chunk
 from worker.runtime import Runtime
 from worker.scans import list_into_scan, open_scan
 from worker.settings import Settings
@@ -195,3 +195,24 @@ def test_gamma_submit_queues_only_what_is_unknown(tmp_path: Path, monkeypatch: p
         assert channel.queue_declare(settings.queue, passive=True).message_count == 3  # 6 keys, chunks of 2
         assert scan_row(runtime, full.scan_id).status == "running"
         channel.queue_purge(settings.queue)
+
+
+# every reason a task gives up with (worker/tasks.py), spelled out: the test must fail if one is forgotten
+@pytest.mark.parametrize("reason", ["retries-exhausted", "time-limit", "backend-error", "internal-error", "worker-lost"])
+def test_a_run_failure_is_not_reused_by_the_next_scan(tmp_path: Path, reason: str) -> None:
+    """A chunk that gave up (a dead backend, a time limit, a child killed every time) says nothing about the bytes:
+    the nightly rescan infers those images again instead of copying the error forward."""
+    write_folder(tmp_path / "images")
+    backend = CountingBackend()
+    runtime = runtime_for(tmp_path, backend)
+    source = LocalSource(tmp_path / "images")
+    scan_id = open_scan(runtime.sessions, source, backend.model_name)
+    chunks: list[list[ObjectRef]] = []
+    list_into_scan(runtime.sessions, scan_id, source, 100, chunks.append)
+    failed = mark_failed(runtime, source.uri, chunks[0], scan_id, reason, "test")
+    assert len(failed) == COUNT + 1 and backend.images == 0
+
+    second, outcomes = scan_folder(runtime, tmp_path / "images")
+    assert backend.images == COUNT  # every decodable image inferred again
+    assert {o.key: o.verdict for o in outcomes}["broken.jpg"] == "error"
+    assert all(o.verdict != "error" for o in outcomes if o.key != "broken.jpg")
