@@ -71,7 +71,7 @@ def test_rescan_of_an_unchanged_folder_runs_no_inference(tmp_path: Path) -> None
     assert backend.images == COUNT
     backend.images = backend.calls = 0
 
-    second, outcomes = scan_folder(runtime, tmp_path / "images")
+    _, outcomes = scan_folder(runtime, tmp_path / "images")
     assert backend.calls == 0
     assert all(o.result_id is not None for o in outcomes if o.key != "broken.jpg")
     assert results_of(runtime, second) == results_of(runtime, first)
@@ -116,7 +116,7 @@ def test_a_copy_under_a_new_key_reuses_the_result_without_inference(tmp_path: Pa
     shutil.copyfile(tmp_path / "images" / "3.png", tmp_path / "images" / "copies" / "three.png")
     backend.calls = 0
 
-    second, outcomes = scan_folder(runtime, tmp_path / "images")
+    _, outcomes = scan_folder(runtime, tmp_path / "images")
     assert backend.calls == 0
     ids = results_of(runtime, second)
     assert ids["copies/three.png"] == results_of(runtime, first)["3.png"]
@@ -198,7 +198,10 @@ def test_gamma_submit_queues_only_what_is_unknown(tmp_path: Path, monkeypatch: p
 
 
 # every reason a task gives up with (worker/tasks.py), spelled out: the test must fail if one is forgotten
-@pytest.mark.parametrize("reason", ["retries-exhausted", "time-limit", "backend-error", "internal-error", "worker-lost"])
+GIVE_UP_REASONS = ["retries-exhausted", "time-limit", "backend-error", "internal-error", "worker-lost"]
+
+
+@pytest.mark.parametrize("reason", GIVE_UP_REASONS)
 def test_a_run_failure_is_not_reused_by_the_next_scan(tmp_path: Path, reason: str) -> None:
     """A chunk that gave up (a dead backend, a time limit, a child killed every time) says nothing about the bytes:
     the nightly rescan infers those images again instead of copying the error forward."""
@@ -212,7 +215,7 @@ def test_a_run_failure_is_not_reused_by_the_next_scan(tmp_path: Path, reason: st
     failed = mark_failed(runtime, source.uri, chunks[0], scan_id, reason, "test")
     assert len(failed) == COUNT + 1 and backend.images == 0
 
-    second, outcomes = scan_folder(runtime, tmp_path / "images")
+    _, outcomes = scan_folder(runtime, tmp_path / "images")
     assert backend.images == COUNT  # every decodable image inferred again
     assert {o.key: o.verdict for o in outcomes}["broken.jpg"] == "error"
     assert all(o.verdict != "error" for o in outcomes if o.key != "broken.jpg")
