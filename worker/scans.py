@@ -7,11 +7,14 @@ before their chunk is handed on, and the total is written only when the listing 
 Memory is O(1) in the size of the source: the listing is a stream (S3 pages, ``os.scandir``), and at most one
 registration batch (:data:`REGISTER_BATCH` keys, one S3 page) plus one chunk is held at a time. Keys are
 registered one batch per transaction, not one chunk per transaction: a million keys are a thousand commits,
-not thirty thousand.
+not thirty thousand. Handing chunks to a queue is bounded too (:class:`Backpressure`): the listing waits while
+the queue holds ``max_queued_chunks``, so the broker holds O(bound) messages, not O(source).
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 
@@ -21,6 +24,56 @@ from worker.records import add_scan_items, create_scan, fail_scan, finish_listin
 from worker.storage import LocalSource, ObjectRef, S3Source
 
 REGISTER_BATCH = 1000  # keys registered (and looked up for reuse) per transaction: one S3 listing page
+
+log = logging.getLogger(__name__)
+
+
+class Backpressure:
+    """A dispatch that hands chunks to ``send`` only while the queue has room: ``depth()`` (messages waiting)
+    below ``limit``; 0 means no bound.
+
+    After asking ``depth()`` it may send ``limit - depth`` chunks without asking again (consumers only ever
+    shorten the queue), so a listing with room costs one question per that many chunks, and one per ``poll_s``
+    while the queue is full. The bound holds for one producer; concurrent submitters to the same queue can
+    together overshoot it by what each saw as room at its last look.
+    """
+
+    def __init__(
+        self,
+        send: Callable[[list[ObjectRef]], None],
+        depth: Callable[[], int],
+        limit: int,
+        poll_s: float = 1.0,
+        name: str = "the queue",
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.send = send
+        self.depth = depth
+        self.limit = limit
+        self.poll_s = poll_s
+        self.name = name
+        self.sleep = sleep
+        self.sent = 0
+        self.looks = 0  # depth() calls
+        self.waits = 0  # polls while full
+        self._room = 0
+        self._last_note = float("-inf")
+
+    def __call__(self, chunk: list[ObjectRef]) -> None:
+        while self.limit and self._room <= 0:
+            queued = self.depth()
+            self.looks += 1
+            self._room = self.limit - queued
+            if self._room <= 0:
+                self.waits += 1
+                if time.monotonic() - self._last_note >= 60:
+                    self._last_note = time.monotonic()
+                    log.info("%s holds %d chunks (bound %d): the listing waits for the workers", self.name,
+                             queued, self.limit)  # fmt: skip
+                self.sleep(self.poll_s)
+        self.send(chunk)
+        self._room -= 1
+        self.sent += 1
 
 
 def chunked(refs: Iterable[ObjectRef], size: int) -> Iterator[list[ObjectRef]]:

@@ -46,6 +46,9 @@ class Settings:
     model: str = DEFAULT_MODEL
     model_version: int = 0  # 0: what Triton serves / the checkpoint's metadata.json (rescans skip per version)
     chunk_size: int = 32
+    # gamma-submit and the beat task wait while the broker queue holds this many chunks (0: never wait): a
+    # million-key listing keeps at most this many messages in Redis, not ~31,000 (worker.scans.Backpressure).
+    max_queued_chunks: int = 1000
     fetch_workers: int = 8
     preprocess_workers: int = 2
     torch_threads: int = 0  # 0: leave torch's default
@@ -70,6 +73,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size={self.chunk_size} must be >= 1")
+        if self.max_queued_chunks < 0:
+            raise ValueError(f"max_queued_chunks={self.max_queued_chunks} must be >= 0 (0: no bound)")
         if not 0 <= self.masks_presign <= MAX_PRESIGN_S:
             raise ValueError(f"masks_presign={self.masks_presign} must be 0 (off) to {MAX_PRESIGN_S} s (SigV4's limit)")
         if not 0 < self.soft_time_limit_s < self.time_limit_s:

@@ -14,9 +14,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from celery import Celery
+from kombu.exceptions import OperationalError as KombuOperationalError
+
 from worker.app import TASK_NAME, create_app, encode_refs
 from worker.db import make_engine, migrate, session_factory
-from worker.scans import list_into_scan, open_scan
+from worker.scans import Backpressure, list_into_scan, open_scan
 from worker.settings import Settings
 from worker.storage import ObjectRef, parse_source
 
@@ -24,6 +27,33 @@ log = logging.getLogger(__name__)
 
 # Where gamma.weights looks for checkpoints by name (not imported from there: it loads torch).
 REPO_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+BACKPRESSURE_POLL_S = 1.0  # how often a listing that waits for room in the queue looks again
+
+
+class QueueDepth:
+    """How many messages wait in ``queue`` on the app's broker, asked through kombu on one connection kept for
+    the listing: a passive declare, which on Redis is ``LLEN`` of the queue's lists (one per priority step),
+    pipelined. Messages workers hold unacknowledged are not counted (at most one per worker process).
+
+    Redis deletes an empty list, so "no such queue" means nothing waits; a broker that cannot be reached is a
+    :class:`kombu.exceptions.OperationalError`, which fails the scan like a failed publish would.
+    """
+
+    def __init__(self, app: Celery, queue: str) -> None:
+        self.queue = queue
+        self.connection = app.connection_for_read()
+
+    def __call__(self) -> int:
+        try:
+            channel = self.connection.default_channel
+            return int(channel.queue_declare(queue=self.queue, passive=True).message_count)
+        except self.connection.channel_errors:
+            return 0
+        except self.connection.connection_errors as error:
+            raise KombuOperationalError(f"broker: {error}") from error
+
+    def close(self) -> None:
+        self.connection.release()
 
 
 @dataclass(frozen=True)
@@ -77,6 +107,9 @@ def resolve_model(settings: Settings) -> tuple[str, int]:
 def submit_scan(settings: Settings, target: str, full: bool = False) -> Submitted:
     """List ``target`` into a new scan and queue its chunks; ``full`` re-infers everything (no reuse).
 
+    Queueing waits while the queue holds ``settings.max_queued_chunks`` chunks (:class:`Backpressure`), so on a
+    large prefix this returns when the last chunk is queued, not long before the workers could take them.
+
     Raises what listing or the broker raise (the scan is then marked failed).
     """
     engine = make_engine(settings.db_url)
@@ -88,7 +121,7 @@ def submit_scan(settings: Settings, target: str, full: bool = False) -> Submitte
         producer = create_app(settings)
         scan_id = open_scan(sessions, source, settings.model)
 
-        def dispatch(chunk: list[ObjectRef]) -> None:
+        def send(chunk: list[ObjectRef]) -> None:
             producer.send_task(
                 TASK_NAME,
                 args=[scan_id, source.uri, encode_refs(chunk)],
@@ -96,10 +129,13 @@ def submit_scan(settings: Settings, target: str, full: bool = False) -> Submitte
                 queue=settings.queue,
             )
 
+        depth = QueueDepth(producer, settings.queue)
+        dispatch = Backpressure(send, depth, settings.max_queued_chunks, BACKPRESSURE_POLL_S, f"queue {settings.queue}")
         try:
             skip = (name, version) if version else None
             total = list_into_scan(sessions, scan_id, source, settings.chunk_size, dispatch, skip_known=skip)
         finally:
+            depth.close()
             producer.close()
         return Submitted(scan_id, source.uri, total, version)
     finally:
