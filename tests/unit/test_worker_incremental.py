@@ -71,7 +71,7 @@ def test_rescan_of_an_unchanged_folder_runs_no_inference(tmp_path: Path) -> None
     assert backend.images == COUNT
     backend.images = backend.calls = 0
 
-    _, outcomes = scan_folder(runtime, tmp_path / "images")
+    second, outcomes = scan_folder(runtime, tmp_path / "images")
     assert backend.calls == 0
     assert all(o.result_id is not None for o in outcomes if o.key != "broken.jpg")
     assert results_of(runtime, second) == results_of(runtime, first)
@@ -116,7 +116,7 @@ def test_a_copy_under_a_new_key_reuses_the_result_without_inference(tmp_path: Pa
     shutil.copyfile(tmp_path / "images" / "3.png", tmp_path / "images" / "copies" / "three.png")
     backend.calls = 0
 
-    _, outcomes = scan_folder(runtime, tmp_path / "images")
+    second, outcomes = scan_folder(runtime, tmp_path / "images")
     assert backend.calls == 0
     ids = results_of(runtime, second)
     assert ids["copies/three.png"] == results_of(runtime, first)["3.png"]
