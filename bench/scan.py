@@ -1,6 +1,6 @@
 """Images/s of a whole scan (gamma-submit -> Redis -> Celery workers -> backend -> masks -> DB) vs the raw backend.
 
-    python bench/scan.py [--images 48] [--repeats 2] [--workers 2] [--torch-threads 1] [--chunk-size 4] [--triton]
+    python bench/scan.py [--images 48] [--repeats 2] [--workers 2] [--chunk-size 4] [--backend triton|torch]
 
 Raw: the same backend, deployed as the workers deploy it, fed the same images already preprocessed and cut into
 the same batches, with nothing around inference. For PyTorch that is ``--workers`` processes of
@@ -16,11 +16,13 @@ one, the same unchanged folder is submitted once more without ``--full``: an inc
 is linked to its existing result at listing time. Its time is printed as a fraction of the first scan's
 (target <= 2%).
 
-``--triton`` exports the checkpoint (python backend) and serves it with the local Triton server; the workers
-then hold a ``TritonBackend`` (``--torch-threads`` is ignored). Without ``--model`` a random-weight gamma-b0 is
-used: throughput does not depend on the weights. Raw and scan runs alternate (raw, scan, raw, scan, raw) and
-medians are compared. Sources are a local folder (S3 through moto would add moto's own CPU to the 2 cores being
-measured) and the database is SQLite.
+The default backend, ``--backend triton`` (the deployment the issue measures), exports the checkpoint (python
+backend) and serves it with the local Triton server; the workers then hold a ``TritonBackend`` and the raw side
+is ``--workers`` client threads on that server. ``--backend torch`` measures the in-process PyTorch backend
+instead (``--workers`` processes of ``--torch-threads`` threads on the raw side, the same in the workers).
+Without ``--model`` a random-weight gamma-b0 is used: throughput does not depend on the weights. Raw and scan
+runs alternate (raw, scan, raw, scan, raw) and medians are compared. Sources are a local folder (S3 through moto
+would add moto's own CPU to the 2 cores being measured) and the database is SQLite.
 
 Two ratios, because this machine is shared: images/s (wall clock), and CPU per image (CPU seconds of every
 process involved — worker tree, gamma-submit, Triton server tree — per image). When other people's work
@@ -239,10 +241,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=2, help="scans; raw runs before, between and after them")
     parser.add_argument("--size", default="1024x768", help="WIDTHxHEIGHT of the generated JPEGs")
     parser.add_argument("--workers", type=int, default=2, help="Celery worker processes (prefork -c)")
-    parser.add_argument("--torch-threads", type=int, default=1, help="torch threads per worker process")
+    parser.add_argument("--torch-threads", type=int, default=1, help="torch threads per worker process (torch)")
     parser.add_argument("--chunk-size", type=int, default=4)
     parser.add_argument("--model", help="checkpoint name or folder (default: random-weight gamma-b0)")
-    parser.add_argument("--triton", action="store_true", help="serve the model with the local Triton server")
+    parser.add_argument(
+        "--backend",
+        choices=("triton", "torch"),
+        default="triton",
+        help="triton (default): the model served by the local Triton server; torch: PyTorch in each worker",
+    )
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.size.split("x"))
 
@@ -269,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
             "GAMMA_FETCH_WORKERS": "2",
         }
         server_pid = 0  # the Triton server's process tree does inference for both sides, when there is one
-        if args.triton:
+        if args.backend == "triton":
             from deploy.triton_client import TritonBackend
 
             server = stack.enter_context(triton_serving(checkpoint, work, args.chunk_size))
@@ -336,7 +343,8 @@ def main(argv: list[str] | None = None) -> None:
         raw_cpu = statistics.median(m.cpu_ms for m in raws)
         scan_cpu = statistics.median(m.cpu_ms for m in scans)
         worker_cpu = statistics.median(m.cpu_ms for m in workers_only)
-        kind = f"Triton ({env['GAMMA_TRITON_URL']})" if args.triton else f"PyTorch, {args.torch_threads} thread(s)"
+        triton_kind = f"Triton ({env.get('GAMMA_TRITON_URL')})"
+        kind = triton_kind if args.backend == "triton" else f"PyTorch, {args.torch_threads} thread(s)"
         print()
         print(f"backend              {kind}, {args.workers} workers, chunks of {args.chunk_size}, {len(paths)} images")
         print(f"scan                 {scan_rate:.2f} images/s, {scan_cpu:.0f} CPU ms/image (medians; {dict(verdicts)})")
