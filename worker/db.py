@@ -66,6 +66,7 @@ class Scan(Base):
     """A submitted source. ``status``: listing -> running -> done (or failed if the listing itself failed)."""
 
     __tablename__ = "scans"
+    __table_args__ = (Index(None, "submit_key", unique=True),)
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     source_uri: Mapped[str] = mapped_column(String(URL_LENGTH))
@@ -79,6 +80,9 @@ class Scan(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     listed_at: Mapped[datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # Scheduled scans: "<beat entry>@<fire time>", unique, so a second delivery of the same beat message (a
+    # redelivery after a crash, a second beat) finds this scan instead of creating another. NULL otherwise.
+    submit_key: Mapped[str | None] = mapped_column(String(512))
 
 
 class Image(Base):

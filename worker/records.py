@@ -49,6 +49,28 @@ def create_scan(session: Session, source_uri: str, model_name: str) -> int:
     return scan.id
 
 
+def claim_scan(session: Session, source_uri: str, model_name: str, submit_key: str) -> tuple[int, str | None]:
+    """The scan of ``submit_key`` (a scheduled scan's "entry@fire time"): ``(id, None)`` if created now, else
+    ``(id, its status)``. Race-safe: ``INSERT .. ON CONFLICT DO NOTHING`` on the unique key, so two deliveries of
+    one beat message, even at the same moment, get the same scan."""
+    row = {
+        "source_uri": source_uri,
+        "model_name": model_name,
+        "status": "listing",
+        "total": 0,
+        "processed": 0,
+        "errors": 0,
+        "created_at": utcnow(),
+        "submit_key": submit_key,
+    }
+    statement = _insert(session, Scan.__table__).values(row).on_conflict_do_nothing(index_elements=["submit_key"])
+    created = session.execute(statement.returning(Scan.__table__.c.id)).scalar_one_or_none()
+    if created is not None:
+        return int(created), None
+    scan_id, status = session.execute(select(Scan.id, Scan.status).where(Scan.submit_key == submit_key)).one()
+    return int(scan_id), str(status)
+
+
 def add_scan_items(session: Session, scan_id: int, keys: Iterable[str]) -> None:
     """Register listed keys (idempotent: a key already in the scan keeps its result).
 

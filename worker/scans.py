@@ -36,6 +36,12 @@ class Backpressure:
     shorten the queue), so a listing with room costs one question per that many chunks, and one per ``poll_s``
     while the queue is full. The bound holds for one producer; concurrent submitters to the same queue can
     together overshoot it by what each saw as room at its last look.
+
+    Two ways out of waiting, for a listing that runs inside a worker under a time limit (the beat task):
+    ``lift_after_s`` (seconds since the start) and ``stall_s`` (a full queue that did not get shorter for that
+    long: no one drains it, perhaps because the only worker process is the one listing). Either lifts the bound
+    for the rest of the listing, once, calling ``on_lift`` with the reason: the queue then grows like an unbounded
+    one, but the listing ends instead of being killed half-done.
     """
 
     def __init__(
@@ -46,6 +52,10 @@ class Backpressure:
         poll_s: float = 1.0,
         name: str = "the queue",
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        lift_after_s: float | None = None,
+        stall_s: float | None = None,
+        on_lift: Callable[[str], None] | None = None,
     ) -> None:
         self.send = send
         self.depth = depth
@@ -53,27 +63,50 @@ class Backpressure:
         self.poll_s = poll_s
         self.name = name
         self.sleep = sleep
+        self.clock = clock
+        self.stall_s = stall_s
+        self.on_lift = on_lift
+        self.lifted = ""  # why the bound was lifted, if it was
         self.sent = 0
         self.looks = 0  # depth() calls
         self.waits = 0  # polls while full
         self._room = 0
         self._last_note = float("-inf")
+        self._lift_at = clock() + lift_after_s if lift_after_s is not None else None
+        self._shortest: tuple[int, float] | None = None  # while waiting: the shortest queue seen, and since when
 
     def __call__(self, chunk: list[ObjectRef]) -> None:
         while self.limit and self._room <= 0:
             queued = self.depth()
             self.looks += 1
             self._room = self.limit - queued
-            if self._room <= 0:
+            if self._room > 0:
+                self._shortest = None
+                break
+            now = self.clock()
+            if self._shortest is None or queued < self._shortest[0]:
+                self._shortest = (queued, now)
+            if self._lift_at is not None and now >= self._lift_at:
+                self._lift(f"the listing used its time budget with {queued} chunks queued")
+            elif self.stall_s is not None and now - self._shortest[1] >= self.stall_s:
+                self._lift(f"{queued} chunks queued and none taken for {now - self._shortest[1]:.0f} s")
+            else:
                 self.waits += 1
-                if time.monotonic() - self._last_note >= 60:
-                    self._last_note = time.monotonic()
+                if now - self._last_note >= 60:
+                    self._last_note = now
                     log.info("%s holds %d chunks (bound %d): the listing waits for the workers", self.name,
                              queued, self.limit)  # fmt: skip
                 self.sleep(self.poll_s)
         self.send(chunk)
         self._room -= 1
         self.sent += 1
+
+    def _lift(self, reason: str) -> None:
+        self.limit = 0
+        self.lifted = f"bound of {self.name} lifted: {reason}; the rest of the listing is queued without waiting"
+        log.warning(self.lifted)
+        if self.on_lift is not None:
+            self.on_lift(self.lifted)
 
 
 def chunked(refs: Iterable[ObjectRef], size: int) -> Iterator[list[ObjectRef]]:

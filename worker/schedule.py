@@ -15,18 +15,26 @@
 Each entry becomes a beat entry that sends :data:`SUBMIT_TASK_NAME` with the source; a worker runs it and
 submits the scan exactly as ``gamma-submit`` does (:func:`worker.submit.submit_scan`). Errors in the schedule
 fail at start (worker, beat, or ``python -m worker.schedule`` to check a file), never at 2 am.
+
+One scan per (entry, fire time): the message carries the entry's name, and the minute it was published — beat
+publishes at the fire time, and cron's resolution is the minute — is stamped into it as ``fired_at`` when it is
+published (:func:`stamp_fire_time`), so every delivery of that message (a redelivery after a worker died
+mid-listing) carries the same :func:`submit_key`, and the scan is claimed under that unique key.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import tomllib
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from celery.schedules import crontab
+from celery.signals import before_task_publish
 
 SUBMIT_TASK_NAME = "gamma.submit_scan"
 
@@ -114,11 +122,39 @@ def beat_schedule(entries: list[ScheduledScan], queue: str) -> dict[str, dict[st
             "task": SUBMIT_TASK_NAME,
             "schedule": parse_cron(entry.cron),
             "args": [entry.source],
-            "kwargs": {"full": entry.full},
+            "kwargs": {"full": entry.full, "entry": entry.entry_name},
             "options": {"queue": queue},
         }
         for entry in entries
     }
+
+
+MAX_SUBMIT_KEY = 512  # scans.submit_key
+
+
+def fire_minute(moment: datetime) -> str:
+    """A fire time as messages carry it: UTC, to the minute (``2026-12-01T02:00Z``)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ")
+
+
+def submit_key(entry: str, fired_at: str) -> str:
+    """The unique key of the scan that beat entry ``entry`` fired at ``fired_at`` (hashed if it is too long)."""
+    key = f"{entry}@{fired_at}"
+    return key if len(key) <= MAX_SUBMIT_KEY else "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+@before_task_publish.connect
+def stamp_fire_time(sender: str | None = None, body: Any = None, **_: Any) -> None:
+    """Write the publishing minute into a submit message's kwargs as ``fired_at`` (unless it has one): beat
+    publishes an entry at its fire time, so that minute names the firing, and a redelivery carries it unchanged.
+    Runs in the publishing process (beat), before the message is serialised."""
+    if sender != SUBMIT_TASK_NAME:
+        return
+    kwargs = body[1] if isinstance(body, tuple | list) and len(body) > 1 else None  # protocol 2: (args, kwargs, embed)
+    if isinstance(body, dict):  # protocol 1
+        kwargs = body.get("kwargs")
+    if isinstance(kwargs, dict) and not kwargs.get("fired_at"):
+        kwargs["fired_at"] = fire_minute(datetime.now(UTC))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,6 +56,11 @@ class Settings:
     max_bytes: int = 0
     soft_time_limit_s: int = 300
     time_limit_s: int = 360
+    # The beat task's listing (worker.schedule): acks late like a chunk, so its limits stay under the visibility
+    # timeout (a listing still running is never handed to a second worker); past 3/4 of the soft limit, or after
+    # 5 minutes of a full queue nobody drains, it stops waiting for room in the queue (worker.scans.Backpressure).
+    submit_soft_time_limit_s: int = 3000
+    submit_time_limit_s: int = 3300
     visibility_timeout_s: int = 3600
     # Transient errors (S3, Triton, the database unreachable) retry the chunk after retry_backoff_s * 2**n
     # seconds, capped at retry_backoff_max_s, with equal jitter (half to all of it): by default 2, 4, .. 64, then
@@ -79,6 +84,11 @@ class Settings:
             raise ValueError(f"masks_presign={self.masks_presign} must be 0 (off) to {MAX_PRESIGN_S} s (SigV4's limit)")
         if not 0 < self.soft_time_limit_s < self.time_limit_s:
             raise ValueError("need 0 < soft_time_limit_s < time_limit_s (the soft limit lets a task mark its images)")
+        if not 0 < self.submit_soft_time_limit_s < self.submit_time_limit_s < self.visibility_timeout_s:
+            raise ValueError(
+                "need 0 < submit_soft_time_limit_s < submit_time_limit_s < visibility_timeout_s: Redis would hand a "
+                "listing still running to a second worker"
+            )
         if self.max_retries < 0 or not 0 < self.retry_backoff_s <= self.retry_backoff_max_s:
             raise ValueError("need max_retries >= 0 and 0 < retry_backoff_s <= retry_backoff_max_s")
         if self.max_deliveries < 1:

@@ -18,7 +18,8 @@ from celery import Celery
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from worker.app import TASK_NAME, create_app, encode_refs
-from worker.db import make_engine, migrate, session_factory
+from worker.db import Scan, make_engine, migrate, session_factory, utcnow
+from worker.records import claim_scan, note_scan
 from worker.scans import Backpressure, list_into_scan, open_scan
 from worker.settings import Settings
 from worker.storage import ObjectRef, parse_source
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 # Where gamma.weights looks for checkpoints by name (not imported from there: it loads torch).
 REPO_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 BACKPRESSURE_POLL_S = 1.0  # how often a listing that waits for room in the queue looks again
+STALL_S = 300.0  # in a worker: a full queue not drained for this long lifts the bound (Backpressure)
 
 
 class QueueDepth:
@@ -62,6 +64,7 @@ class Submitted:
     source_uri: str
     total: int
     model_version: int
+    existing: bool = False  # the scan of this submit key was there already (a second delivery of a beat message)
 
 
 def checkpoint_identity(name_or_path: str) -> tuple[str, int]:
@@ -104,11 +107,24 @@ def resolve_model(settings: Settings) -> tuple[str, int]:
     return name, settings.model_version or version
 
 
-def submit_scan(settings: Settings, target: str, full: bool = False) -> Submitted:
+def submit_scan(
+    settings: Settings,
+    target: str,
+    full: bool = False,
+    submit_key: str | None = None,
+    time_budget_s: float | None = None,
+) -> Submitted:
     """List ``target`` into a new scan and queue its chunks; ``full`` re-infers everything (no reuse).
 
     Queueing waits while the queue holds ``settings.max_queued_chunks`` chunks (:class:`Backpressure`), so on a
     large prefix this returns when the last chunk is queued, not long before the workers could take them.
+
+    ``submit_key`` (the beat task's "entry@fire time") makes it idempotent: the scan is claimed under that key,
+    and a second call with the same key creates nothing. If that scan is still ``listing`` (the first delivery's
+    worker died mid-listing, so the message came back) it is listed again into the same scan — registering a
+    key twice is a no-op and a chunk queued twice is recorded once — otherwise it is returned as it is.
+    ``time_budget_s`` (a listing inside a worker, under a time limit): past it, or when a full queue is not
+    drained for :data:`STALL_S`, the listing stops waiting for room (noted on the scan) so that it ends.
 
     Raises what listing or the broker raise (the scan is then marked failed).
     """
@@ -118,8 +134,19 @@ def submit_scan(settings: Settings, target: str, full: bool = False) -> Submitte
         sessions = session_factory(engine)
         source = parse_source(target, settings.s3_endpoint_url, settings.s3_region)
         name, version = (settings.model, 0) if full else resolve_model(settings)
+        if submit_key is None:
+            scan_id, status = open_scan(sessions, source, settings.model), None
+        else:
+            with sessions.begin() as session:
+                scan_id, status = claim_scan(session, source.uri, settings.model, submit_key)
+            if status not in (None, "listing"):
+                with sessions() as session:
+                    total = session.get(Scan, scan_id).total  # type: ignore[union-attr]
+                log.info("scan %d of %s is there already (%s): nothing to submit", scan_id, submit_key, status)
+                return Submitted(scan_id, source.uri, total, version, existing=True)
+            if status == "listing":
+                log.warning("scan %d of %s was left listing: listing it again", scan_id, submit_key)
         producer = create_app(settings)
-        scan_id = open_scan(sessions, source, settings.model)
 
         def send(chunk: list[ObjectRef]) -> None:
             producer.send_task(
@@ -129,14 +156,27 @@ def submit_scan(settings: Settings, target: str, full: bool = False) -> Submitte
                 queue=settings.queue,
             )
 
+        def note(text: str) -> None:
+            with sessions.begin() as session:
+                note_scan(session, scan_id, f"{utcnow():%Y-%m-%d %H:%M:%S} {text}")
+
         depth = QueueDepth(producer, settings.queue)
-        dispatch = Backpressure(send, depth, settings.max_queued_chunks, BACKPRESSURE_POLL_S, f"queue {settings.queue}")
+        dispatch = Backpressure(
+            send,
+            depth,
+            settings.max_queued_chunks,
+            BACKPRESSURE_POLL_S,
+            f"queue {settings.queue}",
+            lift_after_s=time_budget_s,
+            stall_s=STALL_S if time_budget_s is not None else None,
+            on_lift=note,
+        )
         try:
             skip = (name, version) if version else None
             total = list_into_scan(sessions, scan_id, source, settings.chunk_size, dispatch, skip_known=skip)
         finally:
             depth.close()
             producer.close()
-        return Submitted(scan_id, source.uri, total, version)
+        return Submitted(scan_id, source.uri, total, version, existing=status is not None)
     finally:
         engine.dispose()

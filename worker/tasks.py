@@ -36,7 +36,7 @@ from worker.db import make_engine, migrate, utcnow
 from worker.pipeline import mark_failed, run_chunk
 from worker.records import note_scan
 from worker.runtime import Runtime
-from worker.schedule import SUBMIT_TASK_NAME
+from worker.schedule import SUBMIT_TASK_NAME, submit_key
 from worker.settings import Settings
 from worker.storage import ObjectRef, StorageUnavailable
 from worker.submit import submit_scan
@@ -428,9 +428,28 @@ def scan_chunk(
     }
 
 
-@app.task(name=SUBMIT_TASK_NAME, ignore_result=True)
-def submit_scheduled(source: str, full: bool = False) -> dict[str, int]:
-    """The beat task: submit a scan of ``source`` as ``gamma-submit`` does (list, skip known, queue chunks)."""
-    submitted = submit_scan(settings, source, full=full)
-    log.info("scheduled scan %d of %s: %d objects listed", submitted.scan_id, source, submitted.total)
-    return {"scan_id": submitted.scan_id, "total": submitted.total}
+# Past this share of its soft time limit, the beat task's listing stops waiting for room in the queue, so that
+# it ends (the rest of a big prefix queued at once) instead of being cut off half-listed.
+SUBMIT_WAIT_SHARE = 0.75
+
+
+@app.task(
+    name=SUBMIT_TASK_NAME,
+    ignore_result=True,
+    acks_late=True,  # a worker dying mid-listing gives the message back: the same scan is listed again
+    reject_on_worker_lost=True,
+    soft_time_limit=settings.submit_soft_time_limit_s,
+    time_limit=settings.submit_time_limit_s,
+)
+def submit_scheduled(source: str, full: bool = False, entry: str = "", fired_at: str = "") -> dict[str, int]:
+    """The beat task: submit a scan of ``source`` as ``gamma-submit`` does (list, skip known, queue chunks).
+
+    Idempotent per (``entry``, ``fired_at``), both in the message beat sends (:mod:`worker.schedule`): a second
+    delivery of it finds the scan the first one claimed. Without ``fired_at`` every call is a new scan.
+    """
+    key = submit_key(entry or source, fired_at) if fired_at else None
+    budget = SUBMIT_WAIT_SHARE * settings.submit_soft_time_limit_s
+    submitted = submit_scan(settings, source, full=full, submit_key=key, time_budget_s=budget)
+    log.info("scheduled scan %d of %s (%s): %d objects listed%s", submitted.scan_id, source, key, submitted.total,
+             " (there already)" if submitted.existing else "")  # fmt: skip
+    return {"scan_id": submitted.scan_id, "total": submitted.total, "existing": int(submitted.existing)}

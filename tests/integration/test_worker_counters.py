@@ -18,6 +18,7 @@ from worker.db import Image, Result, Scan, make_engine, migrate, session_factory
 from worker.outcome import Outcome
 from worker.records import (
     add_scan_items,
+    claim_scan,
     create_scan,
     finish_listing,
     link_known,
@@ -169,3 +170,30 @@ def test_racing_chunks_with_differing_verdicts_leave_counters_equal_to_a_recount
     status, processed, error_count = _state(sessions, scan_id)
     assert (status, processed) == ("done", 40)
     assert (status, processed, error_count) == _recounted(sessions, scan_id)
+
+
+def test_deliveries_claiming_one_submit_key_at_once_get_one_scan(engine: Engine) -> None:
+    """Two deliveries of one beat message (or two beats) claim its scan at the same moment: one row, one id."""
+    sessions = session_factory(engine)
+    barrier = threading.Barrier(4)
+    claimed: list[tuple[int, str | None]] = []
+    errors: list[BaseException] = []
+
+    def claim() -> None:
+        try:
+            barrier.wait()
+            with sessions.begin() as session:
+                claimed.append(claim_scan(session, "s3://b/p", "gamma-test", "nightly@2026-12-01T02:00Z"))
+        except BaseException as error:  # surfaced below
+            errors.append(error)
+
+    threads = [threading.Thread(target=claim) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len({scan_id for scan_id, _ in claimed}) == 1
+    assert sorted(status or "" for _, status in claimed) == ["", "listing", "listing", "listing"]  # one created it
+    with sessions() as session:
+        assert session.scalars(select(Scan.submit_key)).all() == ["nightly@2026-12-01T02:00Z"]

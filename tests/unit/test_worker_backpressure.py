@@ -186,3 +186,54 @@ def test_the_bound_comes_from_the_environment_and_must_not_be_negative() -> None
     assert Settings.from_env({"GAMMA_MAX_QUEUED_CHUNKS": "0"}).max_queued_chunks == 0
     with pytest.raises(ValueError, match="max_queued_chunks"):
         Settings(max_queued_chunks=-1)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_a_listing_past_its_time_budget_stops_waiting_and_says_so() -> None:
+    """In the beat task: rather than be killed half-listed, queue the rest once the budget is spent."""
+    clock = FakeClock()
+    sent: list[list[ObjectRef]] = []
+    notes: list[str] = []
+    dispatch = Backpressure(
+        sent.append,
+        lambda: 10,
+        limit=10,
+        poll_s=1.0,
+        sleep=clock.sleep,
+        clock=clock,
+        lift_after_s=30,
+        on_lift=notes.append,
+    )
+    for i in range(25):
+        dispatch([ObjectRef(f"k{i}")])
+    assert len(sent) == 25 and clock.now == 30.0  # waited 30 polls, then sent everything
+    assert len(notes) == 1 and "time budget" in notes[0] and dispatch.lifted == notes[0]
+
+
+def test_a_full_queue_nobody_drains_lifts_the_bound_but_a_draining_one_does_not() -> None:
+    clock = FakeClock()
+    sent: list[list[ObjectRef]] = []
+    stuck = Backpressure(sent.append, lambda: 4, limit=4, poll_s=1.0, sleep=clock.sleep, clock=clock, stall_s=60)
+    stuck([ObjectRef("a")])
+    assert len(sent) == 1 and clock.now == 60.0 and "none taken for 60 s" in stuck.lifted
+
+    clock = FakeClock()
+    slow_sent: list[list[ObjectRef]] = []
+
+    def draining() -> int:  # 4 queued at first, one chunk taken every 50 s: slow workers, not absent ones
+        return 4 + len(slow_sent) - int(clock.now // 50)
+
+    slow = Backpressure(slow_sent.append, draining, limit=5, poll_s=1.0, sleep=clock.sleep, clock=clock, stall_s=60)
+    for key in "bcde":  # room for one; then each waits for the next chunk taken (50 s < 60 s of stall)
+        slow([ObjectRef(key)])
+    assert slow.lifted == "" and clock.now == 150.0 and len(slow_sent) == 4

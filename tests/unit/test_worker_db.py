@@ -19,7 +19,7 @@ def test_migrations_build_exactly_the_models_schema_and_rerun_as_no_ops(tmp_path
     with engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
         version = MigrationContext.configure(connection).get_current_revision()
-    assert version == "0001"
+    assert version == "0002"
     assert set(inspect(engine).get_table_names()) == {"alembic_version", "scans", "images", "results", "scan_items"}
     engine.dispose()
 

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from celery.schedules import crontab
 from PIL import Image
+from sqlalchemy import select
 
 from worker import tasks
 from worker.app import create_app
-from worker.db import Scan, ScanItem, make_engine, session_factory
-from worker.schedule import SUBMIT_TASK_NAME, ScheduleError, beat_schedule, load_schedule, parse_cron
+from worker.db import Scan, ScanItem, make_engine, migrate, session_factory
+from worker.records import add_scan_items, claim_scan
+from worker.schedule import SUBMIT_TASK_NAME, ScheduleError, beat_schedule, load_schedule, parse_cron, submit_key
 from worker.settings import Settings
+from worker.storage import LocalSource
 
 
 def test_json_schedule_parses_into_crontab_entries() -> None:
@@ -23,10 +29,12 @@ def test_json_schedule_parses_into_crontab_entries() -> None:
     entries = load_schedule(value)
     schedule = beat_schedule(entries, "gamma.scan")
     first, second = schedule.values()
-    assert first["task"] == SUBMIT_TASK_NAME and first["args"] == ["s3://b/p"] and first["kwargs"] == {"full": False}
+    assert first["task"] == SUBMIT_TASK_NAME and first["args"] == ["s3://b/p"]
+    assert first["kwargs"] == {"full": False, "entry": "scan s3://b/p at 0 2 * * *"}
     assert first["schedule"] == crontab(minute="0", hour="2")
     assert first["options"] == {"queue": "gamma.scan"}
-    assert second["schedule"] == crontab(minute="*/15", day_of_week="1-5") and second["kwargs"] == {"full": True}
+    assert second["schedule"] == crontab(minute="*/15", day_of_week="1-5")
+    assert second["kwargs"] == {"full": True, "entry": "scan /data/x at */15 * * * 1-5"}
     assert second["schedule"].minute == set(range(0, 60, 15))
 
 
@@ -102,3 +110,86 @@ def test_the_beat_task_creates_a_scan_and_enqueues_its_chunks(tmp_path: Path, ea
         assert scan is not None and (scan.status, scan.total) == ("running", 5)
         assert session.query(ScanItem).filter_by(scan_id=scan_id).count() == 5
     engine.dispose()
+
+
+def _images(folder: Path, count: int = 5) -> Path:
+    folder.mkdir()
+    for index in range(count):
+        Image.new("RGB", (20, 20), (index, 0, 0)).save(folder / f"{index}.png")
+    return folder
+
+
+def _drain(channel: Any, queue: str) -> list[Any]:
+    messages = []
+    while (message := channel.basic_get(queue, no_ack=True)) is not None:
+        messages.append(message)
+    return messages
+
+
+def _scans(settings: Settings) -> list[tuple[int, str, int, str | None]]:
+    engine = make_engine(settings.db_url)
+    with session_factory(engine)() as session:
+        rows = session.execute(select(Scan.id, Scan.status, Scan.total, Scan.submit_key).order_by(Scan.id)).all()
+    engine.dispose()
+    return [tuple(row) for row in rows]  # type: ignore[misc]
+
+
+def test_two_deliveries_of_one_beat_message_make_one_scan(tmp_path: Path, eager_tasks: Settings) -> None:
+    """Beat publishes the entry (the fire minute is stamped into the message); the worker runs that message twice
+    (a redelivery): one scan, its chunks queued once, the second run reports the scan that is there."""
+    folder = _images(tmp_path / "images")
+    settings = eager_tasks.replace(schedule=json.dumps([{"source": str(folder), "cron": "0 2 * * *", "name": "n"}]))
+    app = create_app(settings)
+    entry = app.conf.beat_schedule["n"]
+    with app.connection() as connection:
+        channel = connection.default_channel
+        channel.queue_declare(settings.queue)
+        channel.queue_purge(settings.queue)
+        app.send_task(entry["task"], args=entry["args"], kwargs=entry["kwargs"], **entry["options"])
+        (beat_message,) = _drain(channel, settings.queue)
+        args, kwargs, _ = beat_message.decode()
+        assert kwargs["entry"] == "n" and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\dZ", kwargs["fired_at"])
+        first = tasks.submit_scheduled.apply(args=args, kwargs=kwargs)
+        chunks = _drain(channel, settings.queue)
+        second = tasks.submit_scheduled.apply(args=args, kwargs=kwargs)
+        again = _drain(channel, settings.queue)
+    assert first.successful() and second.successful(), (first.traceback, second.traceback)
+    assert first.get()["scan_id"] == second.get()["scan_id"]
+    assert (first.get()["existing"], second.get()["existing"], second.get()["total"]) == (0, 1, 5)
+    assert len(chunks) == 3 and again == []  # 5 keys in chunks of 2, queued by the first delivery only
+    assert _scans(settings) == [(first.get()["scan_id"], "running", 5, f"n@{kwargs['fired_at']}")]
+    # The next firing is another scan.
+    later = tasks.submit_scheduled.apply(args=args, kwargs={**kwargs, "fired_at": "2099-01-01T02:00Z"})
+    assert later.get()["scan_id"] != first.get()["scan_id"] and len(_scans(settings)) == 2
+
+
+def test_a_scan_left_listing_by_a_dead_worker_is_listed_again_into_the_same_scan(
+    tmp_path: Path, eager_tasks: Settings
+) -> None:
+    folder = _images(tmp_path / "images")
+    engine = make_engine(eager_tasks.db_url)
+    migrate(engine)
+    sessions = session_factory(engine)
+    with sessions.begin() as session:  # what the first delivery got to before its worker died
+        scan_id, status = claim_scan(session, LocalSource(folder).uri, "gamma-nowhere", "n@2026-12-01T02:00Z")
+        add_scan_items(session, scan_id, ["0.png", "1.png"])
+    engine.dispose()
+    assert status is None
+    result = tasks.submit_scheduled.apply(args=[str(folder)], kwargs={"entry": "n", "fired_at": "2026-12-01T02:00Z"})
+    assert result.get() == {"scan_id": scan_id, "total": 5, "existing": 1}
+    assert _scans(eager_tasks) == [(scan_id, "running", 5, "n@2026-12-01T02:00Z")]
+
+
+def test_the_beat_task_has_a_listing_time_limit_under_the_visibility_timeout() -> None:
+    task = tasks.submit_scheduled
+    assert (task.soft_time_limit, task.time_limit) == (
+        tasks.settings.submit_soft_time_limit_s,
+        tasks.settings.submit_time_limit_s,
+    )
+    assert task.soft_time_limit > tasks.settings.soft_time_limit_s  # a listing, not a chunk
+    assert task.acks_late and task.reject_on_worker_lost
+    assert Settings().submit_time_limit_s < Settings().visibility_timeout_s
+    with pytest.raises(ValueError, match="submit_time_limit_s"):
+        Settings(submit_time_limit_s=Settings().visibility_timeout_s)
+    assert submit_key("n", "2026-12-01T02:00Z") == "n@2026-12-01T02:00Z"
+    assert len(submit_key("x" * 600, "2026-12-01T02:00Z")) <= 512
