@@ -44,12 +44,11 @@ from deploy.onnx_export import (
 from deploy.triton_config import BACKENDS, Backend, InstanceKind, ModelSettings, render_config, thresholds_param
 from gamma import wire
 from gamma.model.serving import ServingModel
-from gamma.weights import DEFAULT_MODEL, Checkpoint, WeightsError, load_checkpoint
+from gamma.weights import DEFAULT_MODEL, METADATA_FILE, Checkpoint, WeightsError, load_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REPOSITORY = REPO_ROOT / "model_repository"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-METADATA_FILE = "metadata.json"
 CONFIG_FILE = "config.pbtxt"
 
 
