@@ -56,11 +56,11 @@ def submit(
     """
     settings = Settings.from_env(db_url=db_url, broker_url=broker_url, model=model, chunk_size=chunk_size)
     try:
-        submitted = submit_scan(settings, target, full=full)
+        # the id first, before a long (backpressured) listing: it is what `--wait`, gamma-report and people watch
+        submitted = submit_scan(settings, target, full=full, on_open=click.echo)
     except LISTING_ERRORS as error:
         raise click.ClickException(f"scan failed: {error}") from error
     scan_id = submitted.scan_id
-    click.echo(scan_id)
     console = Console(stderr=True)
     console.print(
         f"scan {scan_id}: {submitted.total} objects under {submitted.source_uri} queued in chunks of "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,6 +114,7 @@ def submit_scan(
     full: bool = False,
     submit_key: str | None = None,
     time_budget_s: float | None = None,
+    on_open: Callable[[int], None] | None = None,
 ) -> Submitted:
     """List ``target`` into a new scan and queue its chunks; ``full`` re-infers everything (no reuse).
 
@@ -125,6 +127,9 @@ def submit_scan(
     key twice is a no-op and a chunk queued twice is recorded once — otherwise it is returned as it is.
     ``time_budget_s`` (a listing inside a worker, under a time limit): past it, or when a full queue is not
     drained for :data:`STALL_S`, the listing stops waiting for room (noted on the scan) so that it ends.
+
+    ``on_open(scan_id)`` is called as soon as the scan row exists, before listing: with backpressure a large
+    prefix lists for as long as the scan runs, and whoever submitted wants the id to watch it meanwhile.
 
     Raises what listing or the broker raise (the scan is then marked failed).
     """
@@ -146,6 +151,8 @@ def submit_scan(
                 return Submitted(scan_id, source.uri, total, version, existing=True)
             if status == "listing":
                 log.warning("scan %d of %s was left listing: listing it again", scan_id, submit_key)
+        if on_open is not None:
+            on_open(scan_id)
         producer = create_app(settings)
 
         def send(chunk: list[ObjectRef]) -> None:

@@ -81,3 +81,25 @@ def test_gamma_submit_of_a_missing_folder_fails_the_scan(tmp_path: Path) -> None
     with session_factory(make_engine(db))() as session:
         row = session.scalars(select(Scan)).one()
     assert row.status == "failed" and "is not a folder" in (row.detail or "")
+
+
+def test_gamma_submit_prints_the_scan_id_before_it_queues_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With backpressure a big prefix lists for as long as the scan runs: the id must not wait for the listing."""
+    import worker.submit
+
+    folder = _folder(tmp_path)
+    events: list[str] = []
+    monkeypatch.setattr("click.echo", lambda message="", **_: events.append(f"echo {message}"))
+    real_list = worker.submit.list_into_scan
+
+    def listing(*args, **kwargs):  # type: ignore[no-untyped-def]
+        events.append("listing")
+        return real_list(*args, **kwargs)
+
+    monkeypatch.setattr(worker.submit, "list_into_scan", listing)
+    db = f"sqlite:///{tmp_path / 'early.db'}"
+    result = CliRunner().invoke(submit, [str(folder), "--db", db, "--broker", "memory://", "--chunk-size", "2"])
+    assert result.exit_code == 0, result.output
+    assert events[:2] == ["echo 1", "listing"]
