@@ -24,6 +24,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 from gamma.weights import Checkpoint
+from tests.fixtures.fault_markers import POISON_RGB, read_marker
 from tests.fixtures.services import (
     HOST,
     _popen,
@@ -34,7 +35,6 @@ from tests.fixtures.services import (
     stop_process,
     wait_until,
 )
-from tests.fixtures.worker_hooks import POISON_RGB, read_marker
 from worker.db import Image as ImageRow
 from worker.db import Result, Scan, ScanItem, make_engine, session_factory
 from worker.settings import Settings
@@ -246,6 +246,7 @@ def test_redis_restarted_mid_scan_with_aof(tiny_checkpoint: Checkpoint, services
     # The chunk that was running when the broker went away stays in Redis' unacked set (it survives in the
     # AOF) and comes back after the visibility timeout: shortened here (limits shortened to stay below it).
     env.update({"GAMMA_SOFT_TIME_LIMIT_S": "6", "GAMMA_TIME_LIMIT_S": "8", "GAMMA_RETRY_BACKOFF_MAX_S": "2"})
+    env.update({"GAMMA_SUBMIT_SOFT_TIME_LIMIT_S": "9", "GAMMA_SUBMIT_TIME_LIMIT_S": "10"})
     env["GAMMA_VISIBILITY_TIMEOUT_S"] = "12"
     settings = Settings.from_env(env)
     try:
