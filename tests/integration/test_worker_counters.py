@@ -4,17 +4,14 @@ recount — on SQLite and on a real PostgreSQL server, including chunks racing e
 from __future__ import annotations
 
 import hashlib
-import itertools
 import random
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, event, select, text
+from sqlalchemy import Engine, event, select
 from sqlalchemy.orm import sessionmaker
 
-from worker.db import Image, Result, Scan, make_engine, migrate, session_factory
+from worker.db import Image, Result, Scan, session_factory
 from worker.outcome import Outcome
 from worker.records import (
     add_scan_items,
@@ -26,24 +23,11 @@ from worker.records import (
     refresh_scan,
 )
 
-_databases = itertools.count()
 
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        engine = make_engine(f"sqlite:///{tmp_path / 'gamma.db'}")
-    else:
-        server_url: str = request.getfixturevalue("postgres_url")
-        name = f"counters_{next(_databases)}"
-        admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            connection.execute(text(f"CREATE DATABASE {name}"))
-        admin.dispose()
-        engine = make_engine(server_url.rsplit("/", 1)[0] + f"/{name}")
-    migrate(engine)
-    yield engine
-    engine.dispose()
+@pytest.fixture
+def engine(migrated_engine: Engine) -> Engine:
+    """SQLite and PostgreSQL (tests/fixtures/services.py)."""
+    return migrated_engine
 
 
 def _outcome(key: str, verdict: str) -> Outcome:
