@@ -137,5 +137,5 @@ def scan(
         except LISTING_ERRORS as error:
             raise click.ClickException(f"scan {scan_id} failed: {error}") from error
         progress.update(task, total=total)
-    print_summary(runtime.sessions, scan_id, console)
+    print_summary(runtime.sessions, scan_id, console, images=not as_json)  # --json has printed every image
     runtime.close()

@@ -7,12 +7,14 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import sessionmaker
 
-from worker.db import Scan
+from worker.db import Result, Scan, ScanItem
 from worker.records import ScanSummary, scan_summary
 
 VERDICT_ORDER = ("real", "ai-generated", "manipulated", "needs-review", "error")
+IMAGE_ROWS = 50  # a per-image table beyond this belongs in --json or gamma-report, not on a terminal
 
 
 def progress_bar(console: Console) -> Progress:
@@ -75,7 +77,42 @@ def summary_table(summary: ScanSummary) -> Table:
     return table
 
 
-def print_summary(sessions: sessionmaker, scan_id: int, console: Console) -> ScanSummary:
+def image_table(sessions: sessionmaker, scan_id: int, limit: int = IMAGE_ROWS) -> Table | None:
+    """One row per image of the scan (verdict, probability, mask areas or the error), flagged images first and
+    at most ``limit`` rows; None for an empty scan."""
+    flagged_first = case((Result.verdict.in_(("ai-generated", "manipulated", "needs-review")), 0), else_=1)
+    query = (
+        select(ScanItem.key, Result.verdict, Result.probability, Result.ai_area, Result.manipulated_area,
+               Result.error_reason)
+        .join(Result, Result.id == ScanItem.result_id)
+        .where(ScanItem.scan_id == scan_id)
+        .order_by(flagged_first, Result.probability.desc().nulls_last(), ScanItem.key)
+        .limit(limit)
+    )  # fmt: skip
+    with sessions() as session:
+        rows = session.execute(query).all()
+        of_scan = (ScanItem.scan_id == scan_id, ScanItem.result_id.is_not(None))
+        judged = session.scalar(select(func.count()).select_from(ScanItem).where(*of_scan)) or 0
+    if not rows:
+        return None
+    table = Table(title=f"scan {scan_id}: images" + (f" (first {len(rows)} of {judged})" if judged > len(rows) else ""))
+    for name, justify in (("key", "left"), ("verdict", "left"), ("p(AI)", "right"), ("AI area", "right"),
+                          ("manipulated area", "right")):  # fmt: skip
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for key, verdict, probability, ai_area, manipulated_area, reason in rows:
+        if reason:
+            table.add_row(key, f"error: {reason}", "", "", "")
+            continue
+        table.add_row(key, verdict, f"{probability:.3f}", f"{ai_area:.1%}", f"{manipulated_area:.1%}")
+    if judged > len(rows):
+        table.caption = "all images: --json, or gamma-report SCAN_ID --html"
+    return table
+
+
+def print_summary(sessions: sessionmaker, scan_id: int, console: Console, images: bool = True) -> ScanSummary:
+    """The per-image table (bounded, see :func:`image_table`) when ``images``, then the summary table."""
+    if images and (table := image_table(sessions, scan_id)) is not None:
+        console.print(table)
     with sessions() as session:
         summary = scan_summary(session, scan_id)
     console.print(summary_table(summary))

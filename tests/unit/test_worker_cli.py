@@ -103,3 +103,40 @@ def test_gamma_submit_prints_the_scan_id_before_it_queues_anything(
     result = CliRunner().invoke(submit, [str(folder), "--db", db, "--broker", "memory://", "--chunk-size", "2"])
     assert result.exit_code == 0, result.output
     assert events[:2] == ["echo 1", "listing"]
+
+
+def test_gamma_scan_without_json_shows_each_image_flagged_first(
+    tmp_path: Path, tiny_checkpoint: Checkpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GAMMA_TRITON_URL", raising=False)
+    folder = _folder(tmp_path)
+    db = f"sqlite:///{tmp_path / 'scan.db'}"
+    args = [str(folder), "--db", db, "--model", str(tiny_checkpoint.path), "--masks", str(tmp_path / "m")]
+    result = CliRunner().invoke(scan, args)
+    assert result.exit_code == 0, result.output
+    keys = ("red.jpg", "green.png", "empty.jpg")
+    listed = [line for line in result.stderr.splitlines() if any(key in line for key in keys)]
+    assert len(listed) == 3, result.stderr
+    assert "error: empty" in next(line for line in listed if "empty.jpg" in line)
+    assert listed[-1].count("empty.jpg") == 1  # errors (no probability) come after the judged images
+
+
+def test_the_image_table_is_bounded(tmp_path: Path, tiny_checkpoint: Checkpoint) -> None:
+    from rich.console import Console
+
+    from worker.report import image_table
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for index in range(7):
+        Image.new("RGB", (40, 40), (index * 30, 10, 10)).save(folder / f"{index}.png")
+    db = f"sqlite:///{tmp_path / 'many.db'}"
+    args = [str(folder), "--db", db, "--json", "--model", str(tiny_checkpoint.path), "--masks", str(tmp_path / "m")]
+    assert CliRunner().invoke(scan, args).exit_code == 0
+    sessions = session_factory(make_engine(db))
+    table = image_table(sessions, 1, limit=3)
+    assert table is not None and table.row_count == 3
+    console = Console(record=True, width=200)
+    console.print(table)
+    assert "first 3 of 7" in console.export_text()
+    assert image_table(sessions, 99) is None
