@@ -6,9 +6,14 @@ JSONL manifest (e.g. the local recipe's ``test.jsonl``). Every image goes throug
 
 Reports, per group (generator, sample kind) and overall: accuracy at 0.5, balanced accuracy, AP, ROC-AUC, ECE,
 the thresholds that keep the false-positive rate on real images at 1% and 5%, and pixel F1/IoU of the AI and
-manipulation masks (at input resolution, over images that have mask information). Then a robustness sweep: the
-same metrics after JPEG re-compression (100 -> 30), Gaussian blur and down-scaling applied *before* the contract
-(what happens to images on the way to us), with one PNG plot per metric.
+manipulation masks (at input resolution, over images that have mask information). The same again on a
+*size-matched* variant: before the contract, every image of both classes is downscaled (never upscaled) to a short
+side drawn from the training recipe's shared range (:class:`training.data.builders.ViewSpec`), so a detector that
+keys on image size or on "was upsampled to 512" (GenImage's AI images are 512-1024 px squares, its real ones
+ImageNet photos of any size) loses that cue; a large gap between the two reports is a size shortcut. Then a
+robustness sweep: the same metrics after JPEG re-compression (100 -> 30), Gaussian blur and down-scaling applied
+*before* the contract (what happens to images on the way to us), with one PNG plot per metric. The report is
+printed as a table per variant and written as JSON with ``--json``.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import io
 import json
 import sys
 import time
+import zlib
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,11 +36,14 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import numpy as np
 import torch
 from PIL import Image, ImageFilter
+from rich.console import Console
+from rich.table import Table
 from tqdm import tqdm
 
 from gamma.model import GammaModel, upsample_mask
 from gamma.weights import load_checkpoint
 from training.data import datasets
+from training.data.builders import ViewSpec
 from training.data.datasets import GammaDataset, Sample
 from training.metrics import PixelCounts, image_metrics
 
@@ -63,6 +72,25 @@ def downscale(factor: float) -> Degrade:
     def apply(rgb: np.ndarray) -> np.ndarray:
         size = (max(1, round(rgb.shape[1] * factor)), max(1, round(rgb.shape[0] * factor)))
         return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS))
+
+    return apply
+
+
+def size_matched(short_side: tuple[int, int] = ViewSpec().short_side) -> Degrade:
+    """Downscale so the short side is a per-image draw from ``short_side`` (or stays, if already smaller).
+
+    The draw is seeded by the image's pixels, so a report is reproducible and both classes get the same
+    distribution of target sizes whatever their native sizes were."""
+
+    def apply(rgb: np.ndarray) -> np.ndarray:
+        seed = zlib.crc32(np.ascontiguousarray(rgb[::17, ::17]).tobytes())
+        target = int(np.random.default_rng(seed).integers(short_side[0], short_side[1] + 1))
+        height, width = rgb.shape[:2]
+        if min(height, width) <= target:
+            return rgb
+        scale = target / min(height, width)
+        size = (max(target, round(width * scale)), max(target, round(height * scale)))
+        return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0))
 
     return apply
 
@@ -182,10 +210,55 @@ def plot_sweep(sweep: dict[str, list[dict[str, Any]]], folder: Path) -> list[Pat
     return written
 
 
+REPORT_COLUMNS = (
+    ("count", "n", "d"), ("accuracy", "acc@0.5", ".3f"), ("balanced_accuracy", "bal. acc", ".3f"), ("ap", "AP", ".3f"),
+    ("roc_auc", "ROC-AUC", ".3f"), ("ece", "ECE", ".3f"), ("threshold_fpr_1pct", "thr@1%FPR", ".3f"),
+    ("threshold_fpr_5pct", "thr@5%FPR", ".3f"), ("ai_mask_f1", "AI F1", ".3f"), ("ai_mask_iou", "AI IoU", ".3f"),
+    ("manipulation_mask_f1", "manip. F1", ".3f"), ("manipulation_mask_iou", "manip. IoU", ".3f"),
+)  # fmt: skip
+
+
+def report_table(title: str, blocks: dict[str, dict[str, Any]]) -> Table:
+    """One row per group (``overall`` first), one column per metric; NaN (undefined, e.g. AUC of one class) as -."""
+    table = Table(title=title)
+    table.add_column("group")
+    for _, header, _ in REPORT_COLUMNS:
+        table.add_column(header, justify="right")
+    for group in ["overall", *sorted(g for g in blocks if g != "overall")]:
+        cells = []
+        for key, _, spec in REPORT_COLUMNS:
+            value = blocks[group].get(key)
+            missing = value is None or (isinstance(value, float) and not np.isfinite(value))
+            cells.append("-" if missing else format(value, spec))
+        table.add_row(group, *cells)
+    return table
+
+
+def print_report(report: dict[str, Any], console: Console | None = None) -> None:
+    """The clean and size-matched tables and the robustness sweep (overall accuracy / ROC-AUC per level)."""
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # a log file or a pipe: no 80-column squeeze of the 13 metric columns
+            console = Console(width=200)
+    console.print(report_table(f"{report['model']} v{report['version']} on {report['data']}: clean", report["clean"]))
+    if "size_matched" in report:
+        console.print(report_table("size-matched (both classes downscaled to one short-side range)",
+                                   report["size_matched"]))  # fmt: skip
+    if "robustness" in report:
+        table = Table(title=f"robustness ({report['robustness_count']} images): overall accuracy / ROC-AUC")
+        for column in ("degradation", "level", "accuracy", "ROC-AUC"):
+            table.add_column(column, justify="left" if column == "degradation" else "right")
+        for kind, points in report["robustness"].items():
+            for point in points:
+                overall = point["overall"]
+                table.add_row(kind, f"{point['level']:g}", f"{overall['accuracy']:.3f}", f"{overall['roc_auc']:.3f}")
+        console.print(table)
+
+
 def evaluate(
     checkpoint: str, data: Path, *, split: str = "val", limit: int | None = None, robustness: bool = True,
     robustness_limit: int | None = None, batch_size: int = 8, progress: bool = True,
-    plan: dict[str, list[tuple[float, Degrade]]] | None = None,
+    plan: dict[str, list[tuple[float, Degrade]]] | None = None, size_matched_variant: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
     loaded = load_checkpoint(checkpoint)
     model = loaded.model.eval()
@@ -200,6 +273,9 @@ def evaluate(
         "contract": "gamma.preprocess: decode -> upsize short side to 512 -> JPEG q96 -> center crop 512",
         "clean": predict(model, GammaDataset(samples), batch_size, progress, "clean").metrics(),
     }
+    if size_matched_variant:
+        matched = GammaDataset(samples, degrade=size_matched())
+        report["size_matched"] = predict(model, matched, batch_size, progress, "size-matched").metrics()
     if robustness:
         subset = limit_per_group(samples, robustness_limit)
         report["robustness_count"] = len(subset)
@@ -229,6 +305,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--limit", type=int, default=None, help="at most N images per (group, class)")
     parser.add_argument("--robustness-limit", type=int, default=None, help="a smaller subset for the sweep")
     parser.add_argument("--no-robustness", action="store_true")
+    parser.add_argument("--no-size-matched", action="store_true", help="skip the size-matched variant")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
@@ -236,6 +313,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = evaluate(
         args.checkpoint, args.data, split=args.split, limit=args.limit, robustness=not args.no_robustness,
         robustness_limit=args.robustness_limit, batch_size=args.batch_size,
+        size_matched_variant=not args.no_size_matched,
     )  # fmt: skip
     if args.plots is not None and "robustness" in report:
         report["plots"] = [str(p) for p in plot_sweep(report["robustness"], args.plots)]
@@ -243,6 +321,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(text + "\n")
+    print_report(report)
     overall = report["clean"]["overall"]
     print(json.dumps({k: overall[k] for k in ("count", "accuracy", "balanced_accuracy", "ap", "roc_auc", "ece")}))
     return report

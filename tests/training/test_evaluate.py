@@ -13,6 +13,7 @@ from PIL import Image
 from gamma.preprocess import preprocess
 from tests.fixtures.models import make_checkpoint
 from training import evaluate
+from training.data.builders import ViewSpec
 from training.data.datasets import GammaDataset, Sample
 
 
@@ -47,6 +48,7 @@ def test_report_on_real_ai_folders_with_masks_and_sweep(checkpoint: Path, tmp_pa
         assert key in overall
     assert 0.0 <= overall["accuracy"] <= 1.0 and set(report["clean"]) == {"overall", "real", "ai"}
     assert [p["level"] for p in report["robustness"]["jpeg_quality"]] == [30]
+    assert set(report["size_matched"]) == set(report["clean"]) and report["size_matched"]["overall"]["count"] == 6
     pytest.importorskip("matplotlib")
     plots = evaluate.plot_sweep(report["robustness"], tmp_path / "plots")
     assert {p.name for p in plots} >= {"robustness_accuracy.png", "robustness_ap.png"}
@@ -54,7 +56,7 @@ def test_report_on_real_ai_folders_with_masks_and_sweep(checkpoint: Path, tmp_pa
     json.dumps(report, default=float)  # the report is JSON-serialisable
 
 
-def test_cli_on_genimage_layout(checkpoint: Path, tmp_path: Path) -> None:
+def test_cli_on_genimage_layout(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for generator in ("ADM", "VQDM"):
         _write(tmp_path / "gi" / generator / "val" / "ai" / "1.png", 1)
         _write(tmp_path / "gi" / generator / "val" / "nature" / "2.jpg", 2)
@@ -64,6 +66,10 @@ def test_cli_on_genimage_layout(checkpoint: Path, tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     assert set(report["clean"]) == {"overall", "ADM", "VQDM"}
     assert report["clean"]["ADM"]["count"] == 2 and "robustness" not in report
+    printed = capsys.readouterr().out
+    assert "clean" in printed and "size-matched" in printed and "ROC-AUC" in printed
+    for group in ("overall", "ADM", "VQDM"):
+        assert sum(line.strip("│ ").startswith(group) for line in printed.splitlines()) == 2  # both tables
 
 
 def test_degradations_happen_before_the_contract(tmp_path: Path) -> None:
@@ -85,3 +91,21 @@ def test_limit_per_group_is_balanced() -> None:
     samples = [Sample(Path(f"{g}{label}{i}.png"), label, group=g) for g in "ab" for label in (0, 1) for i in range(5)]
     chosen = evaluate.limit_per_group(samples, 2)
     assert len(chosen) == 8 and sum(s.label for s in chosen) == 4
+
+
+def test_size_matched_variant_gives_both_classes_one_size_range() -> None:
+    """A 12 MP photo and a 1024 px square (GenImage-like) both end up with a short side in the shared range;
+    what is already smaller is never upscaled; the draw is a function of the pixels (reproducible reports)."""
+    low, high = ViewSpec().short_side
+    match = evaluate.size_matched()
+    rng = np.random.default_rng(0)
+    for height, width in ((3000, 4000), (1024, 1024), (600, 900)):
+        rgb = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+        out = match(rgb)
+        assert low <= min(out.shape[:2]) <= high
+        assert abs(out.shape[1] / out.shape[0] - width / height) < 0.02  # aspect kept
+        assert np.array_equal(match(rgb), out)
+    small = rng.integers(0, 255, (200, 240, 3), dtype=np.uint8)
+    assert match(small) is small
+    targets = {min(match(rng.integers(0, 255, (800, 800, 3), dtype=np.uint8)).shape[:2]) for _ in range(12)}
+    assert len(targets) > 3  # a spread of sizes, not one fixed size that would itself be a signature
