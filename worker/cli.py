@@ -129,8 +129,9 @@ def scan(
                 for outcome in outcomes:
                     sys.stdout.write(json.dumps({"scan_id": scan_id, **links.outcome(outcome.to_dict())}) + "\n")
                 sys.stdout.flush()
-            elapsed = progress.tasks[0].elapsed or 1e-9
-            progress.update(task, advance=len(outcomes), rate=progress.tasks[0].completed / elapsed)
+            progress.advance(task, len(outcomes))
+            done = progress.tasks[0]
+            progress.update(task, rate=done.completed / (done.elapsed or 1e-9))
 
         try:
             total = list_into_scan(runtime.sessions, scan_id, source, settings.chunk_size, dispatch)

@@ -118,6 +118,9 @@ def test_gamma_scan_without_json_shows_each_image_flagged_first(
     listed = [line for line in result.stderr.splitlines() if any(key in line for key in keys)]
     assert len(listed) == 3, result.stderr
     assert "error: empty" in next(line for line in listed if "empty.jpg" in line)
+    # one chunk (default size): the bar's rate must count the chunk it just finished
+    bar = next(line for line in result.stderr.splitlines() if line.startswith("scan ") and "img/s" in line)
+    assert "3/3" in bar and " 0.0 img/s" not in bar, bar  # the rate counts the chunk just finished
     assert listed[-1].count("empty.jpg") == 1  # errors (no probability) come after the judged images
 
 
