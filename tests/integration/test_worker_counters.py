@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import random
-import threading
 
 import pytest
 from sqlalchemy import Engine, event, select
 from sqlalchemy.orm import sessionmaker
 
+from tests.fixtures.concurrency import run_at_once
 from worker.db import Image, Result, Scan, session_factory
 from worker.outcome import Outcome
 from worker.records import (
@@ -135,22 +135,7 @@ def test_racing_chunks_with_differing_verdicts_leave_counters_equal_to_a_recount
         {k: rng.choice(["real", "error", "ai-generated"]) for k in keys[start : start + 25]}
         for start in (0, 15, 0, 15, 5, 10)
     ]
-    barrier = threading.Barrier(len(chunks))
-    errors: list[BaseException] = []
-
-    def record(chunk: dict[str, str]) -> None:
-        try:
-            barrier.wait()
-            _record(sessions, scan_id, chunk)
-        except BaseException as error:  # surfaced below: a thread's exception would otherwise vanish
-            errors.append(error)
-
-    threads = [threading.Thread(target=record, args=(chunk,)) for chunk in chunks]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    run_at_once(lambda chunk: _record(sessions, scan_id, chunk), [(chunk,) for chunk in chunks])
     status, processed, error_count = _state(sessions, scan_id)
     assert (status, processed) == ("done", 40)
     assert (status, processed, error_count) == _recounted(sessions, scan_id)
@@ -159,24 +144,12 @@ def test_racing_chunks_with_differing_verdicts_leave_counters_equal_to_a_recount
 def test_deliveries_claiming_one_submit_key_at_once_get_one_scan(engine: Engine) -> None:
     """Two deliveries of one beat message (or two beats) claim its scan at the same moment: one row, one id."""
     sessions = session_factory(engine)
-    barrier = threading.Barrier(4)
-    claimed: list[tuple[int, str | None]] = []
-    errors: list[BaseException] = []
 
-    def claim() -> None:
-        try:
-            barrier.wait()
-            with sessions.begin() as session:
-                claimed.append(claim_scan(session, "s3://b/p", "gamma-test", "nightly@2026-12-01T02:00Z"))
-        except BaseException as error:  # surfaced below
-            errors.append(error)
+    def claim() -> tuple[int, str | None]:
+        with sessions.begin() as session:
+            return claim_scan(session, "s3://b/p", "gamma-test", "nightly@2026-12-01T02:00Z")
 
-    threads = [threading.Thread(target=claim) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    claimed = run_at_once(claim, [()] * 4)
     assert len({scan_id for scan_id, _ in claimed}) == 1
     assert sorted(status or "" for _, status in claimed) == ["", "listing", "listing", "listing"]  # one created it
     with sessions() as session:

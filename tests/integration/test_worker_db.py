@@ -6,12 +6,12 @@ The SQLite case runs everywhere; the PostgreSQL case starts a throwaway cluster 
 from __future__ import annotations
 
 import hashlib
-import threading
 
 import pytest
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import sessionmaker
 
+from tests.fixtures.concurrency import run_at_once
 from worker.db import Image, Result, Scan, ScanItem, session_factory
 from worker.outcome import Outcome
 from worker.records import add_scan_items, create_scan, finish_listing, record_outcomes, scan_summary
@@ -99,23 +99,12 @@ def test_concurrent_chunks_of_one_scan_neither_duplicate_nor_leave_it_open(engin
         add_scan_items(session, scan_id, keys)
         finish_listing(session, scan_id, len(keys))
     chunks = [keys[:25], keys[15:]] * 3
-    barrier = threading.Barrier(len(chunks))
-    errors: list[BaseException] = []
 
     def record(chunk: list[str]) -> None:
-        try:
-            barrier.wait()
-            with sessions.begin() as session:
-                record_outcomes(session, scan_id, "b", "gamma-test", 1, _outcomes(chunk))
-        except BaseException as error:  # surfaced below: a thread's exception would otherwise vanish
-            errors.append(error)
+        with sessions.begin() as session:
+            record_outcomes(session, scan_id, "b", "gamma-test", 1, _outcomes(chunk))
 
-    threads = [threading.Thread(target=record, args=(chunk,)) for chunk in chunks]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    run_at_once(record, [(chunk,) for chunk in chunks])
     with sessions() as session:
         summary = scan_summary(session, scan_id)
         per_key = session.execute(select(ScanItem.key, func.count()).group_by(ScanItem.key)).all()

@@ -30,11 +30,11 @@ from PIL import Image
 from sqlalchemy import Engine, create_engine, func, select, text
 
 from deploy.triton_server import TritonServer
-from gamma.config import GammaConfig
 from gamma.inference import Detector, TorchBackend
 from gamma.model import GammaModel
 from gamma.verdict import VerdictThresholds
 from gamma.weights import Checkpoint, load_checkpoint, save_checkpoint
+from tests.fixtures.models import MICRO_CONFIG
 from tests.fixtures.services import celery_worker
 from worker.cli import submit
 from worker.db import Image as ImageRow
@@ -199,15 +199,7 @@ MANY = 300
 MANY_PREFIX = "many/"
 MANY_BAD = {"bad/truncated.jpg": "truncated", "bad/zero.jpg": "empty", "bad/readme.jpg": "undecodable",
             "bad/gone.png": "missing"}  # fmt: skip
-MICRO = GammaConfig(
-    name="gamma-micro",
-    hidden_sizes=(8, 16, 16, 16),
-    depths=(1, 1, 1, 1),
-    num_attention_heads=(1, 1, 1, 1),
-    decoder_hidden_size=16,
-    cls_hidden_size=16,
-    reverse_attention_heads=2,
-)
+MICRO = MICRO_CONFIG
 
 
 def _small_image(index: int) -> tuple[str, bytes]:

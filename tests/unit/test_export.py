@@ -26,23 +26,14 @@ from deploy.export_triton import ExportOptions, VersionExists, export_to_reposit
 from deploy.onnx_export import ExportResult, ParityError, check_parity, export_onnx
 from deploy.triton_config import ModelSettings, parse_config, render_config, thresholds_param
 from gamma import wire
-from gamma.config import GammaConfig
 from gamma.model import GammaModel
 from gamma.model.serving import ServingModel
 from gamma.verdict import VerdictThresholds
 from gamma.weights import Checkpoint, load_checkpoint, save_checkpoint
+from tests.fixtures.models import MICRO_CONFIG
 
 THRESHOLDS = VerdictThresholds(ai_probability=0.6, review_band=0.05, mask_pixel=0.4, manipulated_area=0.02)
-MICRO = GammaConfig(
-    name="gamma-micro",
-    hidden_sizes=(8, 16, 16, 16),
-    depths=(1, 1, 1, 1),
-    num_attention_heads=(1, 1, 1, 1),
-    decoder_hidden_size=16,
-    cls_hidden_size=16,
-    reverse_attention_heads=2,
-    thresholds=THRESHOLDS,
-)
+MICRO = MICRO_CONFIG.replace(thresholds=THRESHOLDS)
 
 
 def _micro_checkpoint(directory: Path, version: int, thresholds: VerdictThresholds = THRESHOLDS) -> Checkpoint:
