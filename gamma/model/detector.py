@@ -1,4 +1,5 @@
-"""The GAMMA detector: MiT encoder, two all-MLP decoders, classification head, reverse cross-attention."""
+"""The GAMMA detector: encoder (MiT or EfficientNet-Lite), two all-MLP decoders, classification head, reverse
+cross-attention."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gamma.config import IMAGENET_MEAN, IMAGENET_STD, INPUT_STRIDE, GammaConfig
+from gamma.config import IMAGENET_MEAN, IMAGENET_STD, INPUT_STRIDE, MIT, GammaConfig
 from gamma.model.attention import ReverseCrossAttention
 from gamma.model.decoder import AllMLPDecoder
+from gamma.model.efficientnet_lite import EfficientNetLiteEncoder
 from gamma.model.encoder import MiTEncoder
 
 
@@ -55,17 +57,24 @@ def validate_images(images: torch.Tensor) -> None:
         raise InvalidInput(f"height and width must be multiples of {INPUT_STRIDE}, got {height}x{width}")
 
 
+def build_encoder(config: GammaConfig) -> nn.Module:
+    """The encoder ``config.encoder`` names: pixels (B, 3, H, W) -> four features at strides 4, 8, 16, 32."""
+    if config.encoder == MIT:
+        return MiTEncoder(config)
+    return EfficientNetLiteEncoder(config.encoder, config.drop_path_rate)
+
+
 class GammaModel(nn.Module):
     """GAMMA: images (B, 3, H, W) -> :class:`GammaOutput`.
 
-    Input is uint8 in [0, 255] or float in [0, 1]; ImageNet normalisation happens here, so a served model is
-    fed uint8 and clients send 4x fewer bytes than float32.
+    Input is uint8 in [0, 255] or float in [0, 1]; ImageNet normalisation happens here (both encoders were
+    pre-trained with the same ImageNet mean/std), so a served model is fed uint8 and clients send 4x fewer bytes.
     """
 
     def __init__(self, config: GammaConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoder = MiTEncoder(config)
+        self.encoder = build_encoder(config)
         stage_widths = config.hidden_sizes
         self.ai_decoder = AllMLPDecoder(stage_widths, config.decoder_hidden_size, config.decoder_dropout_prob)
         self.manipulation_decoder = AllMLPDecoder(

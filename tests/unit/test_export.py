@@ -273,3 +273,21 @@ def test_dynamo_export_takes_the_positional_dynamic_shapes(exported: Path) -> No
     graph = onnx.load(str(exported / "gamma-micro" / "3" / "model.onnx"), load_external_data=False)
     batch_axis = graph.graph.input[0].type.tensor_type.shape.dim[0]
     assert graph.graph.input[0].name == wire.IMAGES.name and not batch_axis.HasField("dim_value")
+
+
+def test_efficientnet_lite_gamma_exports_and_matches_torch(tmp_path: Path) -> None:
+    """The CNN encoder (constant "same" padding, BatchNorm, ReLU6) exports like MiT: the exporter's own parity gate
+    passes (it raises and writes nothing otherwise), and the written graph agrees with PyTorch again here."""
+    from gamma.config import preset
+
+    torch.manual_seed(0)
+    model = GammaModel(preset("gamma-effl0")).eval()
+    for module in model.modules():  # non-trivial BatchNorm statistics, as after ImageNet training
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    save_checkpoint(model, tmp_path / "gamma-effl0-test", {"name": "gamma-effl0-test", "version": 1})
+    checkpoint = load_checkpoint(tmp_path / "gamma-effl0-test")
+    options = ExportOptions(max_batch_size=2, parity_batches=(2,))
+    exported = export_to_repository(checkpoint, tmp_path / "repository", options, log=lambda _: None)
+    assert check_parity(ServingModel(checkpoint.model), exported.version_dir / "model.onnx", batches=(1,)).ok

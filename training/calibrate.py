@@ -1,0 +1,143 @@
+"""Choose a checkpoint's verdict thresholds on validation and write them into its config:
+``python training/calibrate.py --checkpoint DIR --data VAL.jsonl``.
+
+Rules (the same for every model; ``metadata.json`` records what they gave):
+- ``ai_probability``: the lowest threshold at which at most ``target_fpr`` (5 %) of the validation *real* images
+  score at or above it (:func:`training.metrics.threshold_at_fpr`), i.e. the operating point trust-and-safety
+  teams ask for: few real photos called AI.
+- ``review_band``: the half-width ``b`` of the band around that threshold inside which an image is
+  ``needs-review``. Each validation image outside the band that is on the wrong side costs 1, each image inside
+  costs ``review_cost`` (0.25: a human look is cheaper than a wrong automatic verdict, not free); ``b`` minimises
+  the mean cost over a grid of 0.00 .. 0.30 (step 0.01), clipped so the band stays inside (0, 1).
+- The mask thresholds stay as trained (``mask_pixel`` 0.5, ``manipulated_area`` 1 %).
+
+Scores come from the serving contract (:mod:`gamma.preprocess`, the 512 centre crop), exactly as production sees
+images, not from training's smaller validation crops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+
+from gamma.verdict import VerdictThresholds
+from training.metrics import expected_calibration_error, threshold_at_fpr
+
+TARGET_FPR = 0.05
+REVIEW_COST = 0.25
+BAND_GRID = np.round(np.arange(0.0, 0.301, 0.01), 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """Thresholds chosen on validation and what they measured there."""
+
+    thresholds: VerdictThresholds
+    count: int
+    real_count: int
+    fpr_at_threshold: float  # share of real images at or above ai_probability
+    tpr_at_threshold: float
+    ai_verdict_fpr: float  # share of real images called ai-generated (above the band)
+    review_share: float  # share of all images inside the band
+    error_outside_band: float  # wrong automatic verdicts among images outside the band
+    ece: float
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["thresholds"] = self.thresholds.to_dict()
+        return data
+
+
+def _band_cost(labels: np.ndarray, scores: np.ndarray, threshold: float, band: float, review_cost: float) -> float:
+    inside = np.abs(scores - threshold) < band
+    wrong = ~inside & ((scores >= threshold) != (labels == 1))
+    return float((wrong.sum() + review_cost * inside.sum()) / max(len(scores), 1))
+
+
+def calibrate(
+    labels, scores, base: VerdictThresholds | None = None, target_fpr: float = TARGET_FPR,
+    review_cost: float = REVIEW_COST,
+) -> Calibration:  # fmt: skip
+    """Thresholds from validation ``labels`` (0 real / 1 AI) and AI probabilities ``scores`` (module docstring)."""
+    y = np.asarray(labels, dtype=np.int64)
+    s = np.asarray(scores, dtype=np.float64)
+    if y.size == 0 or not (y == 0).any():
+        raise ValueError("calibration needs validation images with real (label 0) examples")
+    threshold = float(np.clip(threshold_at_fpr(y, s, target_fpr), 1e-6, 1 - 1e-6))
+    limit = min(threshold, 1.0 - threshold)
+    bands = [float(b) for b in BAND_GRID if b < limit] or [0.0]
+    band = min(bands, key=lambda b: (_band_cost(y, s, threshold, b, review_cost), b))
+    base = base or VerdictThresholds()
+    thresholds = dataclasses.replace(base, ai_probability=round(threshold, 6), review_band=band)
+    real, ai = s[y == 0], s[y == 1]
+    inside = np.abs(s - threshold) < band
+    outside = ~inside
+    wrong = outside & ((s >= threshold) != (y == 1))
+    return Calibration(
+        thresholds=thresholds,
+        count=int(y.size),
+        real_count=int(real.size),
+        fpr_at_threshold=float((real >= threshold).mean()),
+        tpr_at_threshold=float((ai >= threshold).mean()) if ai.size else float("nan"),
+        ai_verdict_fpr=float((real >= threshold + band).mean()),
+        review_share=float(inside.mean()),
+        error_outside_band=float(wrong.sum() / max(outside.sum(), 1)),
+        ece=expected_calibration_error(y, s),
+    )
+
+
+def scores_through_contract(checkpoint: str | Path, data: Path, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and AI probabilities of a manifest's images through the serving contract."""
+    from gamma.weights import load_checkpoint
+    from training.data.datasets import GammaDataset
+    from training.evaluate import load_samples, predict
+
+    model = load_checkpoint(checkpoint).model.eval()
+    predictions = predict(model, GammaDataset(load_samples(data)), batch_size, progress=False, desc="calibrate")
+    return np.asarray(predictions.labels), np.asarray(predictions.scores)
+
+
+def write_calibration(directory: Path, calibration: Calibration, data: str) -> None:
+    """Thresholds into ``config.json`` (the served model decides with them); the measurement into metadata."""
+    from gamma.config import GammaConfig
+    from gamma.weights import CONFIG_FILE, METADATA_FILE
+
+    config = GammaConfig.from_json(directory / CONFIG_FILE).replace(thresholds=calibration.thresholds)
+    config.to_json(directory / CONFIG_FILE)
+    metadata_path = directory / METADATA_FILE
+    metadata = json.loads(metadata_path.read_text()) if metadata_path.is_file() else {}
+    metadata["calibration"] = {**calibration.to_dict(), "data": data, "target_fpr": TARGET_FPR,
+                               "review_cost": REVIEW_COST, "rules": "training/calibrate.py"}  # fmt: skip
+    metadata_path.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+
+
+def main(argv: list[str] | None = None) -> Calibration:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint folder (rewritten in place)")
+    parser.add_argument("--data", type=Path, required=True, help="validation manifest (.jsonl) or folder")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    import torch
+
+    from gamma.weights import resolve_checkpoint
+
+    torch.set_num_threads(args.threads)
+    directory = resolve_checkpoint(args.checkpoint)
+    labels, scores = scores_through_contract(directory, args.data)
+    result = calibrate(labels, scores)
+    write_calibration(directory, result, str(args.data))
+    print(json.dumps(result.to_dict(), indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
