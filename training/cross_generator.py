@@ -18,7 +18,7 @@ Reported per G and learner: counts, ROC-AUC, balanced accuracy at the held-in th
 reference; a rich table is printed and ``--json`` writes everything.
 
 Rows without a ``generator`` field get one from their ``source`` id (``comfyui:<template name>``) by
-:func:`family_of_source`, a keyword table kept here on purpose (the recipe's own field wins when present).
+:func:`training.data.sources.generator_name` (the one table of generator names).
 """
 
 from __future__ import annotations
@@ -47,61 +47,22 @@ from gamma.preprocess import CROP_SIZE
 from training import baseline
 from training.data import datasets
 from training.data.datasets import GammaDataset, Sample
+from training.data.sources import generator_family, generator_name
 from training.metrics import threshold_at_fpr
 
 SPLITS = ("train", "val", "test")
 
-# ComfyUI template name -> generator family, first match wins (so FLUX.1 Krea-dev counts as FLUX, not Krea).
-# Families, not checkpoints: holding out "flux" must also hold out its siblings, or the held-out test leaks.
-_FAMILIES: tuple[tuple[str, str], ...] = (
-    (r"flux", "flux"),  # FLUX.1 dev/schnell/krea-dev and FLUX.2 (klein, 9b, fp8)
-    (r"hidream", "hidream"),
-    (r"sdxl|sd3|sd_?1|stable_diffusion|get_started", "stable-diffusion"),  # ComfyUI's get-started graph is SD 1.5
-    (r"qwen", "qwen-image"),
-    (r"z_image", "z-image"),
-    (r"chroma", "chroma"),
-    (r"ernie", "ernie"),
-    (r"anima", "anima"),
-    (r"lens", "lens"),
-    (r"krea", "krea"),
-    (r"ideogram", "ideogram"),
-    (r"grok", "grok"),
-    (r"seedream|bytedance", "seedream"),
-    (r"kling", "kling"),
-    (r"luma", "luma"),
-    (r"nano_banana|gemini", "nano-banana"),
-    (r"openai|gpt_image|dall", "gpt-image"),
-    (r"recraft", "recraft"),
-    (r"reve", "reve"),
-    (r"kandinsky", "kandinsky"),
-    (r"longcat", "longcat"),
-    (r"lumina|netayume", "lumina"),
-    (r"omnigen", "omnigen"),
-    (r"ovis", "ovis"),
-    (r"pixeldit", "pixeldit"),
-)
-
-
-def family_of_source(source: str) -> str:
-    """The generator family of a ``comfyui:<template>`` source id ("" for any other source). Unknown templates
-    fall back to the template's first word after an ``api_`` / ``image_`` prefix."""
-    if not source.startswith("comfyui:"):
-        return ""
-    name = source.removeprefix("comfyui:").lower()
-    for pattern, family in _FAMILIES:
-        if re.search(pattern, name):
-            return family
-    stem = re.sub(r"^(api_|image_)+", "", re.sub(r"-\d+$", "", name))
-    return re.split(r"[_\-.]", stem)[0] or name
-
-
 def generator_of(row: dict[str, Any]) -> str:
-    """The row's ``generator`` field when the manifest has one, else derived from its ``source``; "" for real."""
-    if "generator" in row:
-        return str(row["generator"] or "")
+    """The generator *family* of a manifest row ("" for real rows): the recipe's ``generator`` field, else the one
+    :func:`training.data.sources.generator_name` reads from a ``comfyui:<template>`` source id, merged into
+    families by :func:`~training.data.sources.generator_family` (holding out FLUX.1 while FLUX.2 trains would leak)."""
     if int(row.get("label", 0)) == 0:
         return ""
-    return family_of_source(str(row.get("source", "")))
+    name = str(row.get("generator") or "")
+    source = str(row.get("source", ""))
+    if not name and source.startswith("comfyui:"):
+        name = generator_name(source.removeprefix("comfyui:") + ".webp")  # ids drop the file suffix
+    return generator_family(name) if name and name != "photo" else ""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import torch
 from gamma.weights import WeightsError, imagenet_encoder_file
 from tests.training.planted import CASTS, row, write_image, write_manifest
 from training import baseline, cross_generator
-from training.cross_generator import family_of_source, generator_of
+from training.cross_generator import generator_of
 
 # generator -> (ComfyUI template stem, colour cast); the manifests carry no "generator" field, so it is derived
 GENERATORS = {"flux": ("flux_dev_full_text_to_image", "red"), "hidream": ("hidream_i1_dev", "green"),
@@ -42,14 +42,12 @@ def recipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_families_from_source_ids_and_the_row_field_wins() -> None:
-    assert family_of_source("comfyui:flux1_krea_dev-1") == "flux"
-    assert family_of_source("comfyui:image_flux2_text_to_image_9b-1") == "flux"
-    assert family_of_source("comfyui:api_krea2_t2i-1") == "krea"
-    assert family_of_source("comfyui:sd3.5_simple_example-1") == "stable-diffusion"
-    assert family_of_source("comfyui:image_boogu_image_0_1_turbo_t2i-1") == "boogu"  # unknown: first word
-    assert family_of_source("deb:backgrounds/x.jpg") == ""
+    assert generator_of({"label": 1, "source": "comfyui:flux1_krea_dev-1"}) == "flux"
+    assert generator_of({"label": 1, "source": "comfyui:image_flux2_text_to_image_9b-1"}) == "flux"  # FLUX.2 too
+    assert generator_of({"label": 1, "source": "comfyui:sd3.5_simple_example-1"}) == "stable-diffusion"
     assert generator_of({"label": 1, "source": "comfyui:hidream_i1_fast-1"}) == "hidream"
-    assert generator_of({"label": 1, "source": "comfyui:hidream_i1_fast-1", "generator": "HiDream-I1"}) == "HiDream-I1"
+    assert generator_of({"label": 1, "source": "comfyui:x", "generator": "sdxl"}) == "stable-diffusion"  # row wins
+    assert generator_of({"label": 1, "source": "comfyui:hidream_i1_fast-1", "generator": "qwen"}) == "qwen"
     assert generator_of({"label": 0, "source": "deb:x"}) == ""
 
 

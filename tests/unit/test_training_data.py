@@ -14,7 +14,7 @@ from gamma.model import GammaOutput
 from gamma.preprocess import CROP_SIZE
 from training.augment import Augment
 from training.config import TrainConfig
-from training.data import builders, datasets
+from training.data import builders, datasets, sources
 from training.labels import LABELS, label_of
 from training.losses import gamma_loss
 
@@ -208,3 +208,66 @@ def test_a_preset_without_crops_trains_and_validates_on_the_serving_crop(tmp_pat
     path.write_text('name = "plain"\n[train]\nlr = 2e-4\n')
     config = TrainConfig.from_toml(path)
     assert (config.train_crop, config.val_crop, config.lr) == (CROP_SIZE, CROP_SIZE, 2e-4)
+
+
+def test_comfyui_rule_keeps_generated_stills_only() -> None:
+    """Pure name rule: first thumbnails of text-to-image templates plus the reviewed generated outputs."""
+    keep = sources.is_generated_template_image
+    for name in (
+        "flux_schnell-1.webp",
+        "api_krea2_t2i-1.webp",
+        "image_qwen_image-1.webp",
+        "image_z_image_turbo-1.webp",
+    ):
+        assert keep(name) and sources.is_text_to_image_template(name)
+    for name in ("default-1.webp", "flux_canny_model_example-1.webp", "sd3.5_large_depth-1.webp"):
+        assert keep(name) and not sources.is_text_to_image_template(name)  # allow-listed outputs
+    assert not keep("flux_canny_model_example-2.webp")  # its canny map
+    assert not keep("image_flux2-2.webp") and not keep("image_hidream_o1_dev-2.webp")  # second views
+    assert not keep("image_flux2_fp8-1.webp")  # a collage, denied by name
+    for name in (
+        "image_qwen_image_edit_2509-1.webp",  # edit of a photo-realistic input
+        "flux_fill_inpaint_example-1.webp",
+        "utility-gan_upscaler-1.webp",
+        "video_ltx2_t2v-1.webp",
+        "api_quiver_text_to_svg-1.webp",
+        "template_contact_sheet-step_1.app-1.webp",
+        "audio_ace_step_1_t2a_song-1.mp3",
+        "flux_schnell-1.png",
+    ):
+        assert not keep(name), name
+    assert set(sources.GENERATED_OUTPUTS).isdisjoint(sources.NOT_GENERATED)
+    assert all(name.endswith("-1.webp") for name in sources.GENERATED_OUTPUTS)
+
+
+def test_generator_of_names_the_family_from_the_template_name(tmp_path: Path) -> None:
+    name = sources.generator_name
+    assert (
+        name("flux_schnell-1.webp") == name("flux1_krea_dev-1.webp") == name("flux_kontext_dev_basic-1.webp") == "flux"
+    )
+    assert name("image_flux2_klein_text_to_image-1.webp") == "flux2"
+    assert name("sd3.5_simple_example-1.webp") == "sd3.5" and name("sdxlturbo_example-1.webp") == "sdxl"
+    assert name("image_hidream_o1-1.webp") == name("hidream_i1_dev-1.webp") == "hidream"
+    assert name("02_qwen_Image_edit_subgraphed-1.webp") == name("image_qwen_image-1.webp") == "qwen"
+    assert name("image_z_image_turbo-1.webp") == "z_image" and name("wan2.1_fun_control-1.webp") == "wan"
+    assert name("image_netayume_lumina_t2i-1.webp") == "lumina" and name("api_luma_uni_1_image_create-1.webp") == "luma"
+    assert name("api_krea2_t2i-1.webp") == "krea2" and name("default-1.webp") == "sd1.5"
+    assert name("template_rob_realistic_2k_images_quick_variations-1.webp") == "other"
+    real = sources.SourceImage("deb:x.jpg", tmp_path / "x.jpg", 0)
+    fake = sources.SourceImage(
+        "comfyui:image_chroma_text_to_image-1", tmp_path / "image_chroma_text_to_image-1.webp", 1
+    )
+    assert (sources.generator_of(real), sources.generator_of(fake)) == ("photo", "chroma")
+
+
+def test_real_photo_rule_pieces() -> None:
+    """Deny keys: plasma wallpapers by folder, everything else by file name; PNG only in listed folders."""
+    assert sources._deny_key(Path("/usr/share/wallpapers/Volna/contents/images/1920x1080.jpg")) == "plasma:Volna"
+    assert sources._deny_key(Path("/usr/share/lxqt/wallpapers/fog.jpg")) == "fog.jpg"
+    assert "/usr/share/lxqt/wallpapers/beam.png".startswith(sources.PNG_PHOTO_DIRS)
+    assert not "/usr/share/lxqt/themes/silver/beam.png".startswith(sources.PNG_PHOTO_DIRS)
+    assert all(
+        entry.split(":")[0] in {*sources._PHOTO_FOLDERS, *sources._PHOTO_DISTRIBUTIONS}
+        for entry in sources.PACKAGE_PHOTOS
+    )
+    assert set(sources.DEBIAN_PACKAGES) >= {"scratch", "tuxpaint-data", "lxqt-themes", "palapeli-data"}

