@@ -1,8 +1,8 @@
-"""gamma/samples.py: the demo's sample images arrive from the installed packages, and the contract accepts them."""
+"""gamma/samples.py: the demo's sample images arrive from the installed packages, the contract accepts them, and
+none of them was seen in training or validation."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -11,39 +11,45 @@ from PIL import Image
 from gamma import samples
 from gamma.preprocess import CROP_SIZE, preprocess
 
-REAL_NAMES = {Path(name).name for files in samples.REAL_FILES.values() for name in files}
-
-
-def _installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # the parent package of a dotted name is missing
-        return False
-
 
 @pytest.fixture(scope="module")
 def collected(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
-    missing = [m for m in (*samples.REAL_FILES, samples.AI_PACKAGE) if not _installed(m)]
-    if missing:
+    try:
+        sample_sources = samples.sample_sources()
+    except SystemExit as missing:
         pytest.skip(f"sample packages not installed: {missing} (make setup installs them)")
     dest = tmp_path_factory.mktemp("samples")
-    return dest, samples.collect(dest)
+    return dest, samples.collect(dest), sample_sources
 
 
-def test_collect_copies_five_real_photos_and_some_ai_images(collected: tuple[Path, list[Path]]) -> None:
-    dest, written = collected
-    assert REAL_NAMES == {"china.jpg", "flower.jpg", "astronaut.png", "coffee.png", "chelsea.png"}
-    assert {p.name for p in (dest / "real").iterdir()} == REAL_NAMES
-    ai = sorted((dest / "ai").iterdir())
-    assert 1 <= len(ai) <= samples.AI_COUNT
-    for path in ai:  # text-to-image outputs only: no UI cards, edit inputs or video stills
-        stem = path.stem.lower()
-        assert any(marker in stem for marker in samples.AI_NAME_MARKERS) and "video" not in stem
-    assert sorted(written) == sorted([*(dest / "real").iterdir(), *ai])
+def test_collect_copies_the_real_photos_and_the_ai_images(collected) -> None:
+    dest, written, sources = collected
+    assert sorted(p.name for p in (dest / "real").iterdir()) == sorted(p.name for p in sources["real"])
+    assert sorted(p.name for p in (dest / "ai").iterdir()) == sorted(p.name for p in sources["ai"])
+    assert len(sources["real"]) == 7 and len(sources["ai"]) == 6
+    assert sorted(written) == sorted([*(dest / "real").iterdir(), *(dest / "ai").iterdir()])
 
 
-def test_every_sample_is_an_image_the_contract_accepts(collected: tuple[Path, list[Path]]) -> None:
-    _, written = collected
+def test_no_sample_was_trained_or_validated_on(collected) -> None:
+    """Each sample is a test-split source of the recipe (split by hash of its source id) or an independent one."""
+    from training.data.local_recipe import RecipeSettings, split_of
+    from training.data.sources import all_sources
+
+    _, _, sources = collected
+    by_path = {source.path.resolve(): source for source in all_sources()}
+    independent = {"grace_hopper.jpg"}  # matplotlib's sample data: reserved for independent evaluation
+    for path in [*sources["real"], *sources["ai"]]:
+        if path.name in independent:
+            assert path.resolve() not in by_path
+            continue
+        source = by_path.get(path.resolve())
+        assert source is not None, f"{path} is not a recipe source"
+        assert split_of(source.source_id, RecipeSettings().split_fractions) == "test", path
+        assert source.label == (1 if path in sources["ai"] else 0)
+
+
+def test_every_sample_is_an_image_the_contract_accepts(collected) -> None:
+    _, written, _ = collected
     for path in written:
         with Image.open(path) as image:
             image.verify()  # a real image file, not an LFS pointer or an empty copy
