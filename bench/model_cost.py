@@ -1,6 +1,6 @@
 """Parameters and FLOPs of each GAMMA preset at a given input size (FLOPs = 2 x multiply-accumulates).
 
-    python bench/model_cost.py [--size 512] [--presets gamma-b0 gamma-b2]
+    python bench/model_cost.py [--size 512] [--presets gamma-b0 gamma-effl0 gamma-effl2 gamma-b2]
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def cost(name: str, size: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--presets", nargs="+", default=["gamma-b0", "gamma-b2"])
+    parser.add_argument("--presets", nargs="+", default=["gamma-b0", "gamma-effl0", "gamma-effl2", "gamma-b2"])
     args = parser.parse_args()
     print(f"{'preset':<10} {'params (M)':>11} {'GFLOPs @' + str(args.size):>14}")
     for name in args.presets:
