@@ -221,8 +221,10 @@ def cross_generator(
     variant: str = baseline.DEFAULT_VARIANT, crop: int = CROP_SIZE, target_fpr: float = baseline.TARGET_FPR,
     gamma_minutes: float = 0.0, gamma_preset: str = "local-effl0", gamma_overrides: Sequence[str] = (),
     gamma_eval_crop: int = CROP_SIZE, out: Path = Path("runs/cross-generator"), batch_size: int = 8,
-    device: str = "cpu", progress: bool = True,
+    device: str = "cpu", progress: bool = True, with_baseline: bool = False, independent: Path | None = None,
 ) -> dict[str, Any]:  # fmt: skip
+    """Leave-one-generator-out folds; with ``with_baseline`` also the frozen baseline on the ordinary split (and,
+    with ``independent``, on that manifest too), sharing one feature cache so every image is encoded once."""
     started = time.time()
     rows = load_rows(data)
     chosen = list(generators) if generators else choose_generators(rows, top, min_sources)
@@ -234,7 +236,18 @@ def cross_generator(
         "generators": chosen,
         "results": [],
     }  # fmt: skip
-    extractor = baseline.FeatureExtractor(variant, crop, batch_size, device, progress) if chosen else None
+    needs_features = bool(chosen) or with_baseline
+    extractor = baseline.FeatureExtractor(variant, crop, batch_size, device, progress) if needs_features else None
+    if with_baseline:
+        splits = baseline.load_manifests(Path(data))
+        report["baseline"] = baseline.frozen_baseline(
+            splits["train"], splits["val"], splits["test"], extractor=extractor, target_fpr=target_fpr
+        )
+        if independent is not None:
+            report["baseline_independent"] = baseline.frozen_baseline(
+                splits["train"], splits["val"], datasets.manifest(independent), extractor=extractor,
+                target_fpr=target_fpr,
+            )  # fmt: skip
     for generator in chosen:
         split = leave_one_out(rows, generator)
         entry: dict[str, Any] = {"generator": generator, "counts": split.counts(), "learners": []}
@@ -304,17 +317,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--baseline", action="store_true", help="also the frozen baseline on the ordinary split")
+    parser.add_argument("--independent", type=Path, default=None, help="and on this manifest (with --baseline)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     report = cross_generator(
         args.data, top=args.top, min_sources=args.min_sources, generators=args.generator, variant=args.variant,
         crop=args.crop, target_fpr=args.target_fpr, gamma_minutes=args.gamma_minutes, gamma_preset=args.preset,
         gamma_overrides=args.set, gamma_eval_crop=args.gamma_eval_crop, out=args.out, batch_size=args.batch_size,
-        device=args.device, progress=not args.no_progress,
+        device=args.device, progress=not args.no_progress, with_baseline=args.baseline, independent=args.independent,
     )  # fmt: skip
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2, default=float) + "\n")
+    if "baseline" in report:
+        baseline.print_report(report["baseline"])
+    if "baseline_independent" in report:
+        baseline.print_report(report["baseline_independent"])
     print_report(report)
     return report
 

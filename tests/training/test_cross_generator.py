@@ -87,8 +87,12 @@ def test_end_to_end_with_the_baseline(recipe: Path, tmp_path: Path, capsys: pyte
     torch.set_num_threads(1)
     out = tmp_path / "cross.json"
     cross_generator.main(["--data", str(recipe), "--json", str(out), "--top", "2", "--min-sources", "7", "--crop",
-                          "96", "--threads", "1", "--no-progress", "--out", str(tmp_path / "runs")])  # fmt: skip
+                          "96", "--threads", "1", "--no-progress", "--out", str(tmp_path / "runs"), "--baseline",
+                          "--independent", str(recipe / "test.jsonl")])  # fmt: skip
     report = json.loads(out.read_text())
+    # the ordinary-split baseline rides along on the same feature cache; on the same test set it scores the same
+    assert report["baseline"]["counts"]["test"] == report["baseline_independent"]["counts"]["test"]
+    assert report["baseline"]["test"]["roc_auc"] == report["baseline_independent"]["test"]["roc_auc"]
     assert report["generators"] == ["flux", "hidream"] and len(report["results"]) == 2
     for entry in report["results"]:
         (learner,) = entry["learners"]  # GAMMA only with --gamma-minutes > 0
