@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import functools
 import io
+import re
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -157,9 +159,90 @@ def _zero_sized(data: bytes, fmt: str | None) -> bool:
     return False
 
 
+# Huffman-coded DCT frames (baseline, extended, progressive): every 8x8 block of every component codes its DC
+# coefficient with a Huffman code of at least one bit, so the entropy-coded data holds at least a bit per block.
+_HUFFMAN_DCT_SOF = (0xC0, 0xC1, 0xC2)
+_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _jpeg_too_short(data: bytes) -> str | None:
+    """Why a JPEG cannot hold the image its frame header declares, or None.
+
+    A header patched (or damaged) to declare a far larger image than the data codes decodes without an error:
+    libjpeg only warns, and fills what is missing with mid grey, which the model would then judge. Every 8x8
+    block costs at least one bit in any Huffman-coded DCT JPEG, so fewer bits after the first scan header than
+    the frame has blocks means data is missing. Header parsing only, before anything is decoded; arithmetic
+    coded and lossless frames are not checked (their lower bound is not a bit per block).
+    """
+    size, i, frame = len(data), 2, None
+    while i + 4 <= size and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in _STANDALONE:
+            i += 2
+            continue
+        if marker == 0xD9:
+            return None
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if marker in _HUFFMAN_DCT_SOF and frame is None and i + 10 <= size:
+            height, width, count = *struct.unpack(">HH", data[i + 5 : i + 9]), data[i + 9]
+            factors = [(data[j] >> 4, data[j] & 15) for j in range(i + 11, min(i + 11 + 3 * count, size), 3)]
+            frame = width, height, factors
+        elif marker in (0xC3, *range(0xC5, 0xD0)) and marker != 0xCC and frame is None:
+            return None  # lossless, hierarchical or arithmetic coded: not checked
+        if marker == 0xDA:
+            if frame is None:
+                return None
+            width, height, factors = frame
+            if not width or not height or not factors or any(h == 0 or v == 0 for h, v in factors):
+                return None
+            h_max, v_max = max(h for h, _ in factors), max(v for _, v in factors)
+            blocks = sum(_ceil(_ceil(width * h, h_max), 8) * _ceil(_ceil(height * v, v_max), 8) for h, v in factors)
+            coded = max(size - (i + 2 + length), 0)
+            if coded * 8 < blocks:
+                return f"{width}x{height} declared ({blocks} blocks) but only {coded} bytes of image data"
+            return None
+        i += 2 + length
+    return None
+
+
+def _tiff_layout(data: bytes) -> tuple[str, bool] | None:
+    """(samples per pixel x bits and their kind, whether floating point) from a TIFF's first IFD, or None."""
+    try:
+        order = "<" if data[:2] == b"II" else ">"
+        (offset,) = struct.unpack(order + "I", data[4:8])
+        (count,) = struct.unpack(order + "H", data[offset : offset + 2])
+        tags: dict[int, int] = {}  # the first value of each SHORT/LONG tag
+        for n in range(min(count, 512)):
+            entry = offset + 2 + 12 * n
+            tag, kind, values = struct.unpack(order + "HHI", data[entry : entry + 8])
+            if kind not in (3, 4):
+                continue
+            width = 2 if kind == 3 else 4
+            at = entry + 8 if values * width <= 4 else struct.unpack(order + "I", data[entry + 8 : entry + 12])[0]
+            tags[tag] = struct.unpack(order + ("H" if kind == 3 else "I"), data[at : at + width])[0]
+    except (struct.error, ValueError):
+        return None
+    samples, bits, sample_format = tags.get(277, 1), tags.get(258, 1), tags.get(339, 1)
+    kind = {1: "unsigned integer", 2: "signed integer", 3: "floating-point"}.get(sample_format, "undefined")
+    return f"{samples} x {bits}-bit {kind} sample(s) per pixel", sample_format == 3
+
+
+def _message(exc: Exception) -> str:
+    """``Type: message`` without object reprs (``<_io.BytesIO object at 0x...>`` says nothing to anyone)."""
+    text = re.sub(r"\s*<[^<>]* object at 0x[0-9a-fA-F]+>", "", str(exc)).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _diagnose(data: bytes, exc: Exception) -> ImageRejected:
     """Turns any decoder failure into the most specific rejection reason."""
-    fmt, message = _sniff(data), f"{type(exc).__name__}: {exc}"
+    fmt, message = _sniff(data), _message(exc)
     if fmt in ("SVG", "PDF", "AVIF", "HEIF"):  # AVIF/HEIF only reach here when no plugin can decode them
         return ImageRejected("unsupported-format", f"{fmt} is not accepted")
     if "truncat" in str(exc).lower() or _looks_truncated(data, fmt):
@@ -172,6 +255,16 @@ def _diagnose(data: bytes, exc: Exception) -> ImageRejected:
                 return ImageRejected("unsupported-format", f"{im.format} is not accepted")
         except Exception:
             return ImageRejected("undecodable", "not an image in a known format")
+    if isinstance(exc, UnidentifiedImageError) and fmt == "TIFF":
+        layout = _tiff_layout(data)
+        if layout is not None and layout[1]:
+            return ImageRejected(
+                "unsupported-format", f"TIFF of {layout[0]}: this floating-point layout is not accepted"
+            )
+        what = f" ({layout[0]})" if layout is not None else ""
+        return ImageRejected("undecodable", f"a TIFF{what} that the decoder cannot open: corrupt or an unusual layout")
+    if isinstance(exc, UnidentifiedImageError):
+        return ImageRejected("undecodable", f"{fmt or 'image'} header the decoder cannot parse")
     return ImageRejected("undecodable", message)
 
 
@@ -196,6 +289,8 @@ def _open(data: bytes, limits: PreprocessLimits) -> Image.Image:
         raise ImageRejected("too-many-bytes", f"{len(data)} bytes > limit {limits.max_bytes}")
     im = Image.open(io.BytesIO(data), formats=_accepted_formats())  # first frame of animations and pages
     _check_size(*im.size, limits)
+    if im.format in ("JPEG", "MPO") and (short := _jpeg_too_short(data)) is not None:
+        raise ImageRejected("truncated", f"JPEG data ends early: {short}")
     return im
 
 

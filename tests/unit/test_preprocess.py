@@ -431,3 +431,21 @@ def test_thread_safe_and_deterministic() -> None:
     with ThreadPoolExecutor(3) as pool:
         parallel = list(pool.map(preprocess, blobs * 2))
     assert all(np.array_equal(a, b) for a, b in zip(sequential * 2, parallel, strict=True))
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"optimize": True}, {"progressive": True, "optimize": True}], ids=["plain", "optimized", "progr"]
+)
+def test_a_header_that_declares_more_than_the_data_holds_is_truncated(options: dict[str, object]) -> None:
+    """Every 8x8 block costs at least a bit: a frame header patched to a far larger size (which libjpeg would fill
+    with grey, silently) is ``truncated``; the smallest honest JPEGs (uniform, optimised, progressive) are not."""
+    uniform = encode(Image.new("RGB", (2048, 1536), (128, 128, 128)), "JPEG", **options)
+    assert preprocess(uniform).shape == (3, CROP_SIZE, CROP_SIZE)  # about 2 bits per block: above the bound
+    data = bytearray(encode(Image.new("RGB", (64, 48), (200, 40, 40)), "JPEG", **options))
+    offset, _, _ = _fast_jpeg.frame_header(bytes(data))  # type: ignore[misc]
+    data[offset : offset + 4] = struct.pack(">HH", 1300, 60000)
+    with pytest.raises(ImageRejected) as rejected:
+        preprocess(bytes(data))
+    assert rejected.value.reason == "truncated" and "60000x1300" in rejected.value.detail
+    with pytest.raises(ImageRejected):
+        decode_rgb(bytes(data))  # the reference path too
