@@ -73,7 +73,7 @@ class Outcome:
             sha256=sha256 or unread_content_id(object_uri, reason),
             verdict=Verdict.ERROR.value,
             bytes_read=sha256 is not None,
-            error_reason=reason,
+            error_reason=str(reason),  # a worker.reasons.Reason code, stored as its plain string
             error_detail=detail[:2000],
             **extra,
         )

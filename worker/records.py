@@ -21,10 +21,12 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from gamma.verdict import Verdict
 from worker.db import Image, Result, Scan, ScanItem, utcnow
 from worker.outcome import Outcome
+from worker.reasons import NOT_REUSABLE_REASONS
 
-ERROR = "error"
+ERROR = Verdict.ERROR.value
 
 
 def _insert(session: Session, table: Any) -> Any:
@@ -372,10 +374,6 @@ def scan_summary(session: Session, scan_id: int) -> ScanSummary:
     return summary
 
 
-# Error results that say something about the run, not about the bytes: never reused by a later scan.
-NOT_REUSABLE_REASONS = ("retries-exhausted", "time-limit", "backend-error", "internal-error", "worker-lost")
-
-
 def _reusable(model_name: str, model_version: int) -> Any:
     return (
         (Result.model_name == model_name)
@@ -388,8 +386,9 @@ def known_by_etag(
     session: Session, bucket: str, refs: Sequence[Any], model_name: str, model_version: int
 ) -> dict[str, tuple[int, Result]]:
     """key -> (image id, result) for those ``refs`` whose (bucket, key, ETag) already has a reusable result of
-    this model version: an unchanged object, nothing to fetch or infer. Refs without an ETag never match."""
-    etags = {ref.key: ref.etag for ref in refs if ref.etag}
+    this model version: an unchanged object, nothing to fetch or infer. Refs without an ETag, or with a listing
+    reason (a FIFO, a refused link: :attr:`worker.storage.ObjectRef.reason`), never match."""
+    etags = {ref.key: ref.etag for ref in refs if ref.etag and not getattr(ref, "reason", "")}
     if not etags or model_version <= 0:
         return {}
     rows = session.execute(

@@ -10,10 +10,11 @@ from rich.table import Table
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import sessionmaker
 
+from gamma.verdict import Verdict
 from worker.db import Result, Scan, ScanItem
 from worker.records import ScanSummary, scan_summary
 
-VERDICT_ORDER = ("real", "ai-generated", "manipulated", "needs-review", "error")
+VERDICT_ORDER = tuple(verdict.value for verdict in Verdict)  # real, ai-generated, manipulated, needs-review, error
 IMAGE_ROWS = 50  # a per-image table beyond this belongs in --json or gamma-report, not on a terminal
 
 
@@ -64,7 +65,7 @@ def summary_table(summary: ScanSummary) -> Table:
     processed = max(summary.processed, 1)
     for verdict in (*VERDICT_ORDER, *sorted(set(summary.verdicts) - set(VERDICT_ORDER))):
         count = summary.verdicts.get(verdict, 0)
-        if count or verdict != "error":
+        if count or verdict != Verdict.ERROR:
             table.add_row(verdict, str(count), f"{count / processed:.1%}")
     for reason, count in sorted(summary.error_reasons.items()):
         table.add_row(f"  error: {reason}", str(count), f"{count / processed:.1%}")
@@ -80,7 +81,8 @@ def summary_table(summary: ScanSummary) -> Table:
 def image_table(sessions: sessionmaker, scan_id: int, limit: int = IMAGE_ROWS) -> Table | None:
     """One row per image of the scan (verdict, probability, mask areas or the error), flagged images first and
     at most ``limit`` rows; None for an empty scan."""
-    flagged_first = case((Result.verdict.in_(("ai-generated", "manipulated", "needs-review")), 0), else_=1)
+    flagged = (Verdict.AI_GENERATED.value, Verdict.MANIPULATED.value, Verdict.NEEDS_REVIEW.value)
+    flagged_first = case((Result.verdict.in_(flagged), 0), else_=1)
     query = (
         select(ScanItem.key, Result.verdict, Result.probability, Result.ai_area, Result.manipulated_area,
                Result.error_reason)

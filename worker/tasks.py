@@ -34,6 +34,7 @@ from worker import metrics
 from worker.app import TASK_NAME, app, decode_refs, settings
 from worker.db import make_engine, migrate, utcnow
 from worker.pipeline import mark_failed, run_chunk
+from worker.reasons import Reason
 from worker.records import note_scan
 from worker.runtime import Runtime
 from worker.schedule import SUBMIT_TASK_NAME, submit_key
@@ -129,14 +130,14 @@ def _close_runtime(pid: int | None = None, **_: Any) -> None:
         _runtime.close()
 
 
-def failure_reason(exc: BaseException) -> str:
+def failure_reason(exc: BaseException) -> Reason:
     if isinstance(exc, TRANSIENT_ERRORS):
-        return "retries-exhausted"
+        return Reason.RETRIES_EXHAUSTED
     if isinstance(exc, (SoftTimeLimitExceeded, TimeLimitExceeded)):  # soft: raised in the task; hard: child killed
-        return "time-limit"
+        return Reason.TIME_LIMIT
     if isinstance(exc, TritonError):  # wrong model name or version, request rejected: configuration, not a bug
-        return "backend-error"
-    return "internal-error"
+        return Reason.BACKEND_ERROR
+    return Reason.INTERNAL_ERROR
 
 
 def retry_countdown(settings: Settings, retries: int, rng: random.Random | None = None) -> float:
@@ -300,7 +301,7 @@ def _retry_or_give_up(
         note = f"{_stamp()} chunk of {len(refs)} retry {retries + 1}/{budget} in {countdown:.0f} s after {_what(exc)}"
         _retry(task, exc, countdown, _write_notes(runtime, scan_id, [*notes, note]))
     try:
-        mark_failed(runtime, source_uri, refs, scan_id, "retries-exhausted", _what(exc))
+        mark_failed(runtime, source_uri, refs, scan_id, Reason.RETRIES_EXHAUSTED, _what(exc))
     except Exception as record_exc:
         countdown = float(settings.retry_backoff_max_s)
         log.error("chunk %s of scan %s: retries exhausted (%r) and recording that failed too (%r): trying the chunk "
@@ -310,7 +311,7 @@ def _retry_or_give_up(
         _retry(task, exc, countdown, [*notes, note], beyond_budget=True)
     note = f"{_stamp()} chunk of {len(refs)} failed for good after {retries} retries: {_what(exc)}"
     _write_notes(runtime, scan_id, [*notes, note])
-    raise ChunkGaveUp(f"retries-exhausted: {_what(exc)}") from exc
+    raise ChunkGaveUp(f"{Reason.RETRIES_EXHAUSTED}: {_what(exc)}") from exc
 
 
 def _mark_worker_lost(
@@ -330,14 +331,14 @@ def _mark_worker_lost(
             "killer?)")  # fmt: skip
     log.error("chunk %s of scan %s: %s; marking its images worker-lost", task.request.id, scan_id, what)
     try:
-        mark_failed(runtime, source_uri, refs, scan_id, "worker-lost", what)
+        mark_failed(runtime, source_uri, refs, scan_id, Reason.WORKER_LOST, what)
     except Exception as record_exc:
         countdown = float(settings.retry_backoff_max_s)
         note = (f"{_stamp()} chunk of {len(refs)}: {what}; marking it worker-lost failed ({_what(record_exc)}); "
                 f"trying again in {countdown:.0f} s")  # fmt: skip
         _retry(task, record_exc, countdown, [*notes, note], beyond_budget=True, lost=lost)
     _write_notes(runtime, scan_id, [*notes, f"{_stamp()} chunk of {len(refs)}: {what}; its images are worker-lost"])
-    raise ChunkGaveUp(f"worker-lost: {what}")
+    raise ChunkGaveUp(f"{Reason.WORKER_LOST}: {what}")
 
 
 class ChunkTask(Task):
