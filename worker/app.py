@@ -30,12 +30,22 @@ TASK_NAME = "gamma.scan_chunk"
 
 
 def encode_refs(refs: list[ObjectRef]) -> list[list[Any]]:
-    """Object refs as a message carries them: ``[key, etag, size]`` lists (JSON has no dataclasses)."""
-    return [[ref.key, ref.etag, ref.size] for ref in refs]
+    """Object refs as a message carries them: ``[key, etag, size]`` lists (JSON has no dataclasses), plus
+    ``reason, detail`` for an entry the listing found unreadable (it is recorded, never fetched)."""
+    return [
+        [ref.key, ref.etag, ref.size, str(ref.reason), ref.detail] if ref.reason else [ref.key, ref.etag, ref.size]
+        for ref in refs
+    ]
 
 
 def decode_refs(items: list[list[Any]]) -> list[ObjectRef]:
-    return [ObjectRef(str(key), str(etag), int(size)) for key, etag, size in items]
+    """The inverse of :func:`encode_refs`; also reads the 3-item lists of messages queued before reasons."""
+    refs = []
+    for item in items:
+        key, etag, size, *rest = item
+        reason, detail = (str(rest[0]), str(rest[1])) if len(rest) >= 2 else ("", "")
+        refs.append(ObjectRef(str(key), str(etag), int(size), reason, detail))
+    return refs
 
 
 def create_app(settings: Settings | None = None) -> Celery:

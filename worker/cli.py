@@ -3,10 +3,15 @@
     gamma-submit my-bucket/uploads/2024-06 --wait
     gamma-scan ./photos --json > verdicts.jsonl
 
-Both take ``BUCKET/PREFIX``, ``s3://BUCKET/PREFIX`` or a local folder (for ``gamma-submit``, one the workers see
-at the same path); both record a scan in the database (``GAMMA_DB_URL``) and print its summary. ``gamma-scan``
-needs no Redis and no Triton: it holds the PyTorch model itself, writes masks to a local folder unless told
-otherwise, and runs each chunk through the very function a Celery task runs.
+Both take ``s3://BUCKET/PREFIX`` or a local folder (for ``gamma-submit``, one the workers see at the same path);
+a bucket always needs its ``s3://``, and a path that is not an existing folder is an error that says so. Both
+record a scan in the database (``GAMMA_DB_URL``) and print its summary. ``gamma-scan`` needs no Redis and no
+Triton: it holds the PyTorch model itself, writes masks to a local folder unless told otherwise, and runs each
+chunk through the very function a Celery task runs.
+
+A command that cannot start (a target that is not there, a model that cannot be loaded, a malformed option)
+exits with one line and leaves nothing behind: the target is checked first, then the model is loaded, and
+only then is the database opened and the scan recorded.
 """
 
 from __future__ import annotations
@@ -22,12 +27,14 @@ from worker.db import make_engine, session_factory
 from worker.report import print_summary, progress_bar, wait_for_scan
 from worker.scans import list_into_scan, open_scan
 from worker.settings import Settings
-from worker.storage import ObjectRef, ObjectUnreadable, StorageUnavailable
+from worker.storage import ObjectRef, ObjectUnreadable, StorageUnavailable, open_target
 from worker.submit import submit_scan
 
 HELP = {"help_option_names": ["-h", "--help"]}
 # Failures of the listing or of the broker: the scan is marked failed and the CLI says why, without a traceback.
 LISTING_ERRORS = (ObjectUnreadable, StorageUnavailable, KombuOperationalError)
+# A target that is malformed or not there: refused before anything is recorded.
+TARGET_ERRORS = (ValueError, ObjectUnreadable, StorageUnavailable)
 
 
 @click.command(context_settings=HELP)
@@ -49,7 +56,7 @@ def submit(
     timeout: float,
     full: bool,
 ) -> None:
-    """List TARGET (BUCKET/PREFIX, s3://BUCKET/PREFIX or a folder), record a scan, queue it; print the scan id.
+    """List TARGET (s3://BUCKET/PREFIX or a folder), record a scan, queue it; print the scan id.
 
     Incremental: objects whose (bucket, key, ETag) already have a result of the served model version are
     linked to it at listing time and never queued; a new model version rescans everything.
@@ -60,6 +67,8 @@ def submit(
         submitted = submit_scan(settings, target, full=full, on_open=click.echo)
     except LISTING_ERRORS as error:
         raise click.ClickException(f"scan failed: {error}") from error
+    except ValueError as error:  # the target, before any scan was recorded
+        raise click.ClickException(str(error)) from error
     scan_id = submitted.scan_id
     console = Console(stderr=True)
     console.print(
@@ -101,10 +110,10 @@ def scan(
     full: bool,
     masks_presign: int | None,
 ) -> None:
-    """Scan TARGET (a folder, BUCKET/PREFIX or s3://BUCKET/PREFIX) in this process: no Redis, no Triton."""
+    """Scan TARGET (a folder or s3://BUCKET/PREFIX) in this process: no Redis, no Triton."""
     from worker.masks import MaskLinks
     from worker.pipeline import run_chunk  # torch is imported only by the command that runs the model
-    from worker.runtime import Runtime
+    from worker.runtime import Runtime, make_backend
 
     settings = Settings.from_env(
         db_url=db_url,
@@ -114,10 +123,17 @@ def scan(
         triton_url="",
         masks_presign=masks_presign,
     )
+    try:  # the target first: checking it takes milliseconds, loading the model seconds
+        source = open_target(target, settings.s3_endpoint_url, settings.s3_region)
+    except TARGET_ERRORS as error:
+        raise click.ClickException(str(error)) from error
     links = MaskLinks.from_settings(settings)
-    runtime = Runtime.create(settings)
-    model_name = runtime.backend.model_name  # loads the model now: a missing checkpoint fails before the scan
-    source = runtime.source(target)
+    try:
+        backend = make_backend(settings)  # gamma.weights.WeightsError (a ValueError) for a model not found
+    except (ValueError, OSError) as error:
+        raise click.ClickException(f"model {settings.model}: {error}") from error
+    runtime = Runtime.create(settings, backend=backend)
+    model_name = runtime.backend.model_name
     scan_id = open_scan(runtime.sessions, source, model_name)
     console = Console(stderr=True)
     with progress_bar(console) as progress:

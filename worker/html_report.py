@@ -24,16 +24,19 @@ from urllib.parse import unquote, urlparse, urlunparse
 import click
 import numpy as np
 from PIL import Image
-from sqlalchemy import select
+from sqlalchemy import Engine, inspect, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from gamma.preprocess import CROP_SIZE
+from gamma.verdict import Verdict
 from worker.db import Result, Scan, ScanItem, make_engine, session_factory
 from worker.records import scan_summary
 from worker.settings import Settings
 from worker.storage import ObjectRef, ObjectUnreadable, S3Source, StorageUnavailable, parse_source, s3_client
 
-FLAGGED = ("ai-generated", "manipulated", "needs-review")
+FLAGGED = (Verdict.AI_GENERATED.value, Verdict.MANIPULATED.value, Verdict.NEEDS_REVIEW.value)
 THUMB = 256
 AI_COLOUR = (255, 40, 40)
 MANIPULATION_COLOUR = (40, 110, 255)
@@ -246,18 +249,60 @@ def render(session: Session, scan_id: int, reader: Reader, limit: int = 500) -> 
 @click.option("--db", "db_url", default=None, help="Database URL [env GAMMA_DB_URL; default sqlite:///gamma.db].")
 @click.option("--limit", type=click.IntRange(1), default=500, show_default=True, help="Most probable flagged images.")
 def main(scan_id: int, html_path: Path, db_url: str | None, limit: int) -> None:
-    """Write a self-contained HTML page of SCAN_ID's flagged images with their mask overlays."""
+    """Write a self-contained HTML page of SCAN_ID's flagged images with their mask overlays.
+
+    Reads only: a database that is not there is an error (SQLite would create an empty file), and so is a page
+    whose folder does not exist (checked before the page is made). Each failure is one line, no traceback.
+    """
     settings = Settings.from_env(db_url=db_url)
-    engine = make_engine(settings.db_url)
+    folder = html_path.parent
+    if not folder.is_dir():
+        raise click.ClickException(f"{html_path}: no folder {folder} to write the page in")
+    engine = open_database(settings.db_url)
     try:
         with session_factory(engine)() as session:
             page = render(session, scan_id, Reader(settings), limit)
     except LookupError as error:
         raise click.ClickException(str(error)) from error
+    except SQLAlchemyError as error:
+        raise click.ClickException(f"database: {_first_line(error)}") from error
     finally:
         engine.dispose()
-    html_path.write_text(page, encoding="utf-8")
+    try:
+        html_path.write_text(page, encoding="utf-8")
+    except OSError as error:
+        raise click.ClickException(f"{html_path}: {error.strerror or error}") from error
     click.echo(f"{html_path}: {page.count('<tr class=')} flagged image(s)", err=True)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:200] if lines else ''}"
+
+
+def open_database(url: str) -> Engine:
+    """An engine on an *existing* gamma database: a SQLite file that is not there is refused, never created,
+    and one without the gamma tables is "not a gamma database". Raises :class:`click.ClickException`."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as error:
+        raise click.ClickException(f"database URL: {error}") from error
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database in ("", ":memory:") or database.startswith("file:"):
+            raise click.ClickException("database: an in-memory SQLite database holds no scans")
+        if not Path(database).is_file():
+            raise click.ClickException(f"database: no SQLite file {database}")
+    engine = make_engine(url)
+    try:
+        tables = set(inspect(engine).get_table_names())
+    except SQLAlchemyError as error:
+        engine.dispose()
+        raise click.ClickException(f"database: {_first_line(error)}") from error
+    if not {"scans", "scan_items", "results"} <= tables:
+        engine.dispose()
+        raise click.ClickException("database: no gamma tables in it (not a gamma database, or never migrated)")
+    return engine
 
 
 if __name__ == "__main__":

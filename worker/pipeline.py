@@ -32,6 +32,8 @@ from worker.storage import ObjectRef, ObjectUnreadable, Source
 
 
 def _fetch(source: Source, ref: ObjectRef, max_bytes: int) -> tuple[bytes | ObjectUnreadable, float]:
+    if ref.reason:  # the listing found it unreadable (a FIFO, a refused link...): recorded, never fetched
+        return ObjectUnreadable(ref.reason, ref.detail), 0.0
     start = time.perf_counter()
     try:
         data: bytes | ObjectUnreadable = source.get(ref, max_bytes)

@@ -23,7 +23,7 @@ from worker.db import Scan, make_engine, migrate, session_factory, utcnow
 from worker.records import claim_scan, note_scan
 from worker.scans import Backpressure, list_into_scan, open_scan
 from worker.settings import Settings
-from worker.storage import ObjectRef, parse_source
+from worker.storage import ObjectRef, open_target
 
 log = logging.getLogger(__name__)
 
@@ -131,13 +131,16 @@ def submit_scan(
     ``on_open(scan_id)`` is called as soon as the scan row exists, before listing: with backpressure a large
     prefix lists for as long as the scan runs, and whoever submitted wants the id to watch it meanwhile.
 
-    Raises what listing or the broker raise (the scan is then marked failed).
+    The target is checked first (:func:`worker.storage.open_target`: a folder that exists, a bucket that can be
+    listed): a bad one raises ValueError / ObjectUnreadable / StorageUnavailable before the database is even
+    opened, so it leaves no scan row behind. Past that, raises what listing or the broker raise (the scan is
+    then marked failed).
     """
+    source = open_target(target, settings.s3_endpoint_url, settings.s3_region)
     engine = make_engine(settings.db_url)
     try:
         migrate(engine)
         sessions = session_factory(engine)
-        source = parse_source(target, settings.s3_endpoint_url, settings.s3_region)
         name, version = (settings.model, 0) if full else resolve_model(settings)
         if submit_key is None:
             scan_id, status = open_scan(sessions, source, settings.model), None

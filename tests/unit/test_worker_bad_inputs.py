@@ -90,5 +90,5 @@ def test_keys_that_leave_the_folder_are_refused(tmp_path: Path) -> None:
     runtime = Runtime.create(settings, backend=CountingBackend())
     refs = [ObjectRef("../secret.jpg"), ObjectRef("a/../../secret.jpg"), ObjectRef("/etc/hostname")]
     outcomes = worker.pipeline.run_chunk(runtime, LocalSource(tmp_path / "inside").uri, refs, None)
-    assert [o.error_reason for o in outcomes] == ["access-denied"] * 3
+    assert [o.error_reason for o in outcomes] == ["outside-root"] * 3
     runtime.close()

@@ -74,13 +74,12 @@ def test_gamma_submit_records_the_scan_and_queues_json_chunks(tmp_path: Path, mo
     assert sorted(ref.key for c in chunks for ref in decode_refs(c[2])) == ["red.jpg", "sub/empty.jpg", "sub/green.png"]
 
 
-def test_gamma_submit_of_a_missing_folder_fails_the_scan(tmp_path: Path) -> None:
-    db = f"sqlite:///{tmp_path / 'submit.db'}"
-    result = CliRunner().invoke(submit, [str(tmp_path / "nope"), "--db", db, "--broker", "memory://"])
-    assert result.exit_code == 1 and "failed" in result.output and "is not a folder" in result.output
-    with session_factory(make_engine(db))() as session:
-        row = session.scalars(select(Scan)).one()
-    assert row.status == "failed" and "is not a folder" in (row.detail or "")
+def test_gamma_submit_of_a_missing_folder_fails_before_recording_anything(tmp_path: Path) -> None:
+    db = tmp_path / "submit.db"
+    result = CliRunner().invoke(submit, [str(tmp_path / "nope"), "--db", f"sqlite:///{db}", "--broker", "memory://"])
+    assert result.exit_code == 1 and "no such folder" in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)  # no traceback
+    assert not db.exists()  # checked before the database was opened: no stray database, no failed scan row
 
 
 def test_gamma_submit_prints_the_scan_id_before_it_queues_anything(

@@ -21,6 +21,7 @@ from worker.storage import (
     ObjectUnreadable,
     S3Source,
     StorageUnavailable,
+    open_target,
     parse_source,
     s3_client,
 )
@@ -48,8 +49,10 @@ def test_local_source_lists_files_recursively(tmp_path: Path) -> None:
     (tmp_path / "c.txt").write_bytes(b"333")
     (tmp_path / "link").symlink_to(tmp_path / "b", target_is_directory=True)  # not followed: no key twice
     refs = list(LocalSource(tmp_path).list())
-    # Directory order, not sorted (the walk streams); every file exactly once.
-    assert sorted((r.key, r.size) for r in refs) == [("a.jpg", 1), ("b/2.png", 2), ("b/deeper/4.gif", 4), ("c.txt", 3)]
+    # Directory order, not sorted (the walk streams); every file exactly once, the link to a folder recorded once.
+    files = sorted((r.key, r.size) for r in refs if not r.reason)
+    assert files == [("a.jpg", 1), ("b/2.png", 2), ("b/deeper/4.gif", 4), ("c.txt", 3)]
+    assert [(r.key, r.reason) for r in refs if r.reason] == [("link/", "linked-folder")]
     by_key = {r.key: r for r in refs}
     assert LocalSource(tmp_path).get(by_key["b/2.png"], max_bytes=0) == b"22"
     assert all(r.etag.endswith(f"-{r.size:x}") for r in refs)  # mtime-size
@@ -123,7 +126,7 @@ def test_local_source_errors_are_per_object(tmp_path: Path) -> None:
     assert (missing.value.reason, large.value.reason, escape.value.reason) == (
         "missing",
         "too-many-bytes",
-        "access-denied",
+        "outside-root",
     )
 
 
@@ -185,11 +188,26 @@ def test_botocore_errors_are_classified(error: Exception, expected: str | type) 
 def test_parse_source_accepts_what_people_type(tmp_path: Path) -> None:
     s3 = parse_source("s3://photos/2024/06")
     assert isinstance(s3, S3Source) and (s3.bucket, s3.prefix, s3.uri) == ("photos", "2024/06", "s3://photos/2024/06")
-    bare = parse_source("photos/2024")
-    assert isinstance(bare, S3Source) and (bare.bucket, bare.prefix) == ("photos", "2024")
+    bare = parse_source("photos/2024")  # buckets need s3://: without it, a path (a relative folder)
+    assert isinstance(bare, LocalSource) and bare.root == (Path.cwd() / "photos/2024").resolve()
     folder = parse_source(str(tmp_path))
     assert isinstance(folder, LocalSource) and folder.root == tmp_path.resolve()
     assert isinstance(parse_source(tmp_path.as_uri()), LocalSource)
+    for bad in ("s3://", "s3:///prefix", "http://photos/x", ""):
+        with pytest.raises(ValueError):
+            parse_source(bad)
+
+
+def test_open_target_checks_that_the_source_is_there(tmp_path: Path, s3: Any) -> None:
+    (tmp_path / "x.jpg").write_bytes(b"x")
+    assert isinstance(open_target(str(tmp_path)), LocalSource)
+    with pytest.raises(ValueError, match="no such folder"):
+        open_target(str(tmp_path / "nope_relative"))
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        open_target(str(tmp_path / "x.jpg"))
+    assert isinstance(open_target("s3://photos/up/"), S3Source)
+    with pytest.raises(ObjectUnreadable, match="no such bucket"):
+        open_target("s3://no-such-bucket/x")
 
 
 def test_masks_are_native_resolution_pngs_under_content_addressed_names(tmp_path: Path, s3: Any) -> None:
