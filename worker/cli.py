@@ -23,8 +23,10 @@ import click
 from kombu.exceptions import OperationalError as KombuOperationalError
 from rich.console import Console
 
-from worker.db import make_engine, session_factory
-from worker.report import print_summary, progress_bar, wait_for_scan
+from worker.db import make_engine, session_factory, utcnow
+from worker.deadletter import absolute_sqlite_url, dead_letters, is_relative_sqlite
+from worker.records import end_scan
+from worker.report import ScanStuck, print_summary, progress_bar, wait_for_scan
 from worker.scans import list_into_scan, open_scan
 from worker.settings import Settings
 from worker.storage import ObjectRef, ObjectUnreadable, StorageUnavailable, open_target
@@ -46,6 +48,14 @@ TARGET_ERRORS = (ValueError, ObjectUnreadable, StorageUnavailable)
 @click.option("--wait", is_flag=True, help="Show progress until the scan is done, then a summary.")
 @click.option("--timeout", type=float, default=24 * 3600, show_default=True, help="Seconds --wait waits at most.")
 @click.option("--full", is_flag=True, help="Re-infer every object (default: reuse results of this model version).")
+@click.option(
+    "--stall-timeout",
+    type=float,
+    default=60,
+    show_default=True,
+    help="With --wait: after this many seconds without progress, exit non-zero if no worker consumes the queue "
+    "(0: never). Chunks dead-lettered by a worker on another database stop the wait at once.",
+)
 def submit(
     target: str,
     db_url: str | None,
@@ -55,6 +65,7 @@ def submit(
     wait: bool,
     timeout: float,
     full: bool,
+    stall_timeout: float,
 ) -> None:
     """List TARGET (s3://BUCKET/PREFIX or a folder), record a scan, queue it; print the scan id.
 
@@ -62,6 +73,8 @@ def submit(
     linked to it at listing time and never queued; a new model version rescans everything.
     """
     settings = Settings.from_env(db_url=db_url, broker_url=broker_url, model=model, chunk_size=chunk_size)
+    relative = is_relative_sqlite(settings.db_url)
+    settings = settings.replace(db_url=absolute_sqlite_url(settings.db_url))
     try:
         # the id first, before a long (backpressured) listing: it is what `--wait`, gamma-report and people watch
         submitted = submit_scan(settings, target, full=full, on_open=click.echo)
@@ -76,12 +89,38 @@ def submit(
         f"{settings.chunk_size}"
         + (f" (results of v{submitted.model_version} reused)" if submitted.model_version else "")
     )
+    if relative:
+        console.print(f"the database is a relative SQLite path: scan {scan_id} is in {settings.db_url}; workers "
+                      "must write to that very file (an absolute GAMMA_DB_URL), or they refuse its chunks")  # fmt: skip
     if wait:
-        engine = make_engine(settings.db_url)
-        sessions = session_factory(engine)
-        if not wait_for_scan(sessions, scan_id, console, timeout):
+        _wait(settings, submitted.scan_id, submitted.source_uri, console, timeout, stall_timeout)
+
+
+def _wait(settings: Settings, scan_id: int, source_uri: str, console: Console, timeout: float, stall: float) -> None:
+    from worker.app import create_app
+    from worker.watch import StallWatch, queue_consumers
+
+    engine = make_engine(settings.db_url)
+    sessions = session_factory(engine)
+    app = create_app(settings)
+    watch = StallWatch(
+        settings.queue,
+        stall,
+        lambda: queue_consumers(app, settings.queue),
+        lambda: dead_letters(settings.broker_url, settings.queue, scan_id, source_uri),
+        on_note=lambda text: console.print(f"scan {scan_id}: {text}"),
+    )
+    try:
+        if not wait_for_scan(sessions, scan_id, console, timeout, watch=watch):
             raise click.ClickException(f"scan {scan_id} not done after {timeout:.0f} s (it goes on in the workers)")
         print_summary(sessions, scan_id, console)
+    except ScanStuck as stuck:
+        if watch.dead_letters:  # the scan cannot complete: say so on it, where gamma-report shows it
+            with sessions.begin() as session:
+                end_scan(session, scan_id, "failed", f"{utcnow():%Y-%m-%d %H:%M:%S} {stuck}")
+        raise click.ClickException(f"scan {scan_id}: {stuck}") from None
+    finally:
+        app.close()
         engine.dispose()
 
 

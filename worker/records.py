@@ -100,6 +100,20 @@ def fail_scan(session: Session, scan_id: int, detail: str) -> None:
     session.execute(update(Scan).where(Scan.id == scan_id).values(status="failed", detail=detail, finished_at=utcnow()))
 
 
+def end_scan(session: Session, scan_id: int, status: str, note: str) -> bool:
+    """End a scan that is not ``done`` with ``status`` (``failed``, ``interrupted``) and a note on its detail;
+    False (and nothing changed) if it is done or not there."""
+    changed = session.execute(
+        update(Scan)
+        .where(Scan.id == scan_id, Scan.status != "done")
+        .values(status=status, finished_at=utcnow())
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if changed:
+        note_scan(session, scan_id, note)
+    return bool(changed)
+
+
 def record_outcomes(
     session: Session, scan_id: int | None, bucket: str, model_name: str, model_version: int, outcomes: Sequence[Outcome]
 ) -> dict[str, int]:

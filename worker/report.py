@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -15,6 +16,7 @@ from worker.db import Result, Scan, ScanItem
 from worker.records import ScanSummary, scan_summary
 
 VERDICT_ORDER = tuple(verdict.value for verdict in Verdict)  # real, ai-generated, manipulated, needs-review, error
+FINAL_STATUSES = ("done", "failed", "interrupted")  # a scan in one of these changes no more by itself
 IMAGE_ROWS = 50  # a per-image table beyond this belongs in --json or gamma-report, not on a terminal
 
 
@@ -31,10 +33,26 @@ def progress_bar(console: Console) -> Progress:
     )
 
 
-def wait_for_scan(sessions: sessionmaker, scan_id: int, console: Console, timeout: float, poll: float = 1.0) -> bool:
-    """Poll the scan's row until it is done or failed (True) or ``timeout`` seconds pass (False)."""
-    deadline = time.monotonic() + timeout
-    start = time.monotonic()
+class ScanStuck(Exception):
+    """``wait_for_scan``'s watch says the scan will not complete (no consumer, chunks dead-lettered)."""
+
+
+def wait_for_scan(
+    sessions: sessionmaker,
+    scan_id: int,
+    console: Console,
+    timeout: float,
+    poll: float = 1.0,
+    watch: Callable[[int], str] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> bool:
+    """Poll the scan's row until it is done, failed or interrupted (True) or ``timeout`` seconds pass (False).
+
+    ``watch(processed)`` (a :class:`worker.watch.StallWatch`) is asked each poll; a non-empty answer raises
+    :class:`ScanStuck` with it."""
+    deadline = clock() + timeout
+    start = clock()
     with progress_bar(console) as progress:
         task = progress.add_task(f"scan {scan_id}", total=None, rate=0.0)
         while True:
@@ -42,7 +60,7 @@ def wait_for_scan(sessions: sessionmaker, scan_id: int, console: Console, timeou
                 scan = session.get(Scan, scan_id)
                 assert scan is not None
                 status, total, processed = scan.status, scan.total, scan.processed
-            elapsed = max(time.monotonic() - start, 1e-9)
+            elapsed = max(clock() - start, 1e-9)
             progress.update(
                 task,
                 total=total if status != "listing" else None,
@@ -50,11 +68,13 @@ def wait_for_scan(sessions: sessionmaker, scan_id: int, console: Console, timeou
                 rate=processed / elapsed,
                 description=f"scan {scan_id} ({status})",
             )
-            if status in ("done", "failed"):
+            if status in FINAL_STATUSES:
                 return True
-            if time.monotonic() > deadline:
+            if watch is not None and (why := watch(processed)):
+                raise ScanStuck(why)
+            if clock() > deadline:
                 return False
-            time.sleep(poll)
+            sleep(poll)
 
 
 def summary_table(summary: ScanSummary) -> Table:

@@ -154,6 +154,8 @@ def submit_scan(
                 return Submitted(scan_id, source.uri, total, version, existing=True)
             if status == "listing":
                 log.warning("scan %d of %s was left listing: listing it again", scan_id, submit_key)
+        with sessions() as session:  # sent with every chunk: a worker on another database cannot mistake it
+            created_at = session.get(Scan, scan_id).created_at.isoformat()  # type: ignore[union-attr]
         if on_open is not None:
             on_open(scan_id)
         producer = create_app(settings)
@@ -162,7 +164,7 @@ def submit_scan(
             producer.send_task(
                 TASK_NAME,
                 args=[scan_id, source.uri, encode_refs(chunk)],
-                kwargs={"reuse": not full},
+                kwargs={"reuse": not full, "scan_created_at": created_at},
                 queue=settings.queue,
             )
 

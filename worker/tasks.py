@@ -32,7 +32,8 @@ from sqlalchemy.exc import OperationalError
 from deploy.triton_client import TritonError, TritonUnavailable
 from worker import metrics
 from worker.app import TASK_NAME, app, decode_refs, settings
-from worker.db import make_engine, migrate, utcnow
+from worker.db import Scan, make_engine, migrate, utcnow
+from worker.deadletter import database_identity, dead_letter, is_relative_sqlite
 from worker.pipeline import mark_failed, run_chunk
 from worker.reasons import Reason
 from worker.records import note_scan
@@ -97,6 +98,11 @@ def failure_runtime() -> Iterator[Runtime]:
 def _migrate(**_: Any) -> None:
     """``alembic upgrade head`` once per worker, in the main process before the pool forks (children racing to
     create the same tables on SQLite would fail). The engine is disposed so no connection crosses the fork."""
+    log.info("recording in database %s", database_identity(settings.db_url))
+    if is_relative_sqlite(settings.db_url):
+        log.warning("GAMMA_DB_URL is a relative SQLite path: this worker writes %s; a gamma-submit started in "
+                    "another directory records its scans elsewhere, and their chunks are dead-lettered here",
+                    database_identity(settings.db_url))  # fmt: skip
     engine = make_engine(settings.db_url)
     try:
         migrate(engine)
@@ -302,6 +308,8 @@ def _retry_or_give_up(
         _retry(task, exc, countdown, _write_notes(runtime, scan_id, [*notes, note]))
     try:
         mark_failed(runtime, source_uri, refs, scan_id, Reason.RETRIES_EXHAUSTED, _what(exc))
+    except LookupError as record_exc:  # no such scan here: retrying cannot help
+        _dead_letter(task, scan_id, source_uri, task.request.args[2], f"{_what(exc)}; not recorded: {record_exc}")
     except Exception as record_exc:
         countdown = float(settings.retry_backoff_max_s)
         log.error("chunk %s of scan %s: retries exhausted (%r) and recording that failed too (%r): trying the chunk "
@@ -332,6 +340,8 @@ def _mark_worker_lost(
     log.error("chunk %s of scan %s: %s; marking its images worker-lost", task.request.id, scan_id, what)
     try:
         mark_failed(runtime, source_uri, refs, scan_id, Reason.WORKER_LOST, what)
+    except LookupError as record_exc:  # no such scan here: retrying cannot help
+        _dead_letter(task, scan_id, source_uri, task.request.args[2], f"{what}; not recorded: {record_exc}")
     except Exception as record_exc:
         countdown = float(settings.retry_backoff_max_s)
         note = (f"{_stamp()} chunk of {len(refs)}: {what}; marking it worker-lost failed ({_what(record_exc)}); "
@@ -339,6 +349,75 @@ def _mark_worker_lost(
         _retry(task, record_exc, countdown, [*notes, note], beyond_budget=True, lost=lost)
     _write_notes(runtime, scan_id, [*notes, f"{_stamp()} chunk of {len(refs)}: {what}; its images are worker-lost"])
     raise ChunkGaveUp(f"{Reason.WORKER_LOST}: {what}")
+
+
+class ChunkDeadLettered(ChunkGaveUp):
+    """The chunk cannot be recorded by this worker (its scan is not in this worker's database): it was
+    dead-lettered (:mod:`worker.deadletter`) and its message is acknowledged."""
+
+
+def scan_mismatch(runtime: Runtime, scan_id: int | None, source_uri: str, created_at: str = "") -> str:
+    """Why this worker's database cannot hold the results of a chunk of scan ``scan_id`` ("" if it can).
+
+    The scan must exist, be of ``source_uri`` and, when the message says when the scan was created
+    (``created_at``, sent by submitters since dead-lettering exists), have been created then: a scan 1 of the
+    same folder in a *different* database (two relative SQLite URLs) is not taken for the submitter's.
+    Raises what the database raises (an outage is transient: the chunk is retried).
+    """
+    if scan_id is None:
+        return ""
+    with runtime.sessions() as session:
+        row = session.get(Scan, scan_id)
+        if row is None:
+            return f"no scan {scan_id} in this worker's database {database_identity(runtime.settings.db_url)}"
+        if row.source_uri != source_uri or (created_at and row.created_at.isoformat() != created_at):
+            return (f"scan {scan_id} in this worker's database {database_identity(runtime.settings.db_url)} is "
+                    f"another scan ({row.source_uri}, created {row.created_at:%Y-%m-%d %H:%M:%S})")  # fmt: skip
+    return ""
+
+
+def _dead_letter(
+    task: Task, scan_id: int | None, source_uri: str, items: list[Any], why: str, task_id: str | None = None
+) -> None:
+    """Keep the chunk in the dead-letter list and log it; then acknowledge it (raises :class:`ChunkDeadLettered`)."""
+    request = task.request
+    task_id = task_id or request.id
+    kept = dead_letter(
+        settings.broker_url,
+        settings.queue,
+        {
+            "at": _stamp(),
+            "task_id": task_id,
+            "scan_id": scan_id,
+            "source_uri": source_uri,
+            "images": len(items),
+            "reason": why,
+            "database": database_identity(settings.db_url),
+            "args": [scan_id, source_uri, items],
+            "kwargs": {k: v for k, v in (request.kwargs or {}).items() if k != "notes"},
+        },
+    )
+    log.error("chunk %s of scan %s (%d images) dead-lettered%s: %s", task_id, scan_id, len(items),
+              f" in {settings.queue}'s dead-letter list" if kept else " (only in this log)", why)  # fmt: skip
+    raise ChunkDeadLettered(why)
+
+
+def _refuse_unrecordable(
+    task: Task, deliveries: int | None, scan_id: int | None, source_uri: str, items: list[Any], why: str
+) -> None:
+    """A chunk this worker cannot record (:func:`scan_mismatch`), never inferred. Always raises.
+
+    Requeued (another worker, on the right database, may take it) while its deliveries are below
+    ``max_deliveries``; then, or at once when deliveries are not counted (the broker is not Redis), dead-lettered
+    and acknowledged: never requeued forever."""
+    request = task.request
+    if deliveries is not None and deliveries < settings.max_deliveries:
+        log.warning("chunk %s of scan %s: %s; requeued without inferring (delivery %d of at most %d)", request.id,
+                    scan_id, why, deliveries, settings.max_deliveries)  # fmt: skip
+        raise Reject(why, requeue=True)
+    if deliveries is not None:
+        delivery_counter().forget(request.id, request.retries)
+    _dead_letter(task, scan_id, source_uri, items, why)
 
 
 class ChunkTask(Task):
@@ -361,6 +440,12 @@ class ChunkTask(Task):
             with failure_runtime() as runtime:
                 mark_failed(runtime, source_uri, decode_refs(items), scan_id, reason, _what(exc))
                 _write_notes(runtime, scan_id, [f"{_stamp()} chunk of {len(items)} failed ({reason}): {_what(exc)}"])
+        except LookupError as record_exc:  # the scan is not in this worker's database: requeueing cannot help
+            try:
+                why = f"{reason} ({_what(exc)}); not recorded: {record_exc}"
+                _dead_letter(self, scan_id, source_uri, items, why, task_id=task_id)
+            except ChunkDeadLettered:
+                return
         except Exception as record_exc:
             if isinstance(exc, TimeLimitExceeded):  # celery's timeout handler in the main process: it acks next
                 log.exception("could not record the failure of chunk %s of scan %s: sending it again", task_id, scan_id)
@@ -382,6 +467,7 @@ def scan_chunk(
     reuse: bool = True,
     notes: list[str] | None = None,
     lost: int = 0,
+    scan_created_at: str = "",
 ) -> dict[str, int]:
     """Classify and record one chunk; returns counts (for logs: results live in the database).
 
@@ -389,12 +475,22 @@ def scan_chunk(
     model version are not fetched, and known content under a new key is not inferred. ``notes``: lines for the
     scan's detail that an earlier attempt could not write (the database was down); written as soon as it can be.
     ``lost``: the chunk already killed its worker process this many times; only record its images worker-lost.
+    ``scan_created_at``: when the submitter created the scan (ISO), so a scan of the same id and source in
+    another database is not mistaken for it (:func:`scan_mismatch`). A chunk this worker cannot record is never
+    inferred: it is requeued, then dead-lettered after ``max_deliveries`` (:func:`_refuse_unrecordable`).
     """
     request = self.request
     deliveries = None if request.is_eager else delivery_counter().started(request.id, request.retries)
     runtime = get_runtime()
     refs = decode_refs(items)
     pending = list(notes or [])
+    try:
+        mismatch = scan_mismatch(runtime, scan_id, source_uri, scan_created_at)
+    except TRANSIENT_ERRORS as exc:
+        _retry_or_give_up(self, runtime, scan_id, source_uri, refs, exc, pending)
+        raise  # not reached
+    if mismatch:
+        _refuse_unrecordable(self, deliveries, scan_id, source_uri, items, mismatch)
     if lost or (deliveries is not None and deliveries > settings.max_deliveries):
         try:
             _mark_worker_lost(self, runtime, scan_id, source_uri, refs, lost or (deliveries or 1) - 1, pending)
