@@ -31,6 +31,7 @@ from tests.fixtures.services import (
     _redis_ping,
     celery_worker,
     free_port,
+    on_termination,
     postgres_cluster,
     stop_process,
     wait_until,
@@ -280,7 +281,7 @@ def test_triton_stopped_and_restarted_mid_scan(
     env.update({"GAMMA_TRITON_URL": server.grpc_url, "GAMMA_RETRY_BACKOFF_MAX_S": "2", "GAMMA_MAX_RETRIES": "30"})
     env["GAMMA_TRITON_TIMEOUT_S"] = "10"
     settings = Settings.from_env(env)
-    with server, celery_worker(env, services_dir, concurrency=1, queue="faults.triton"):
+    with on_termination(server.stop), server, celery_worker(env, services_dir, 1, queue="faults.triton"):
         scan_id = submit_scan(settings, str(tmp_path / "images")).scan_id
         wait_for(lambda: scan_state(settings.db_url, scan_id).processed >= 2, 90, "first chunk")
         server.stop()  # mid-scan: the next chunks get UNAVAILABLE and retry with backoff
