@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 pytest_plugins = [
+    "tests.fixtures.services",  # first: tests.fixtures.triton imports it
     "tests.fixtures.models",
     "tests.fixtures.triton",
-    "tests.fixtures.services",
 ]
 
 

@@ -17,15 +17,19 @@ only then is the database opened and the scan recorded.
 from __future__ import annotations
 
 import json
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import click
 from kombu.exceptions import OperationalError as KombuOperationalError
 from rich.console import Console
+from sqlalchemy.orm import sessionmaker
 
-from worker.db import make_engine, session_factory, utcnow
-from worker.deadletter import absolute_sqlite_url, dead_letters, is_relative_sqlite
-from worker.records import end_scan
+from worker.db import Scan, make_engine, session_factory, utcnow
+from worker.deadletter import absolute_sqlite_url, database_identity, dead_letters, is_relative_sqlite
+from worker.records import end_scan, note_scan
 from worker.report import ScanStuck, print_summary, progress_bar, wait_for_scan
 from worker.scans import list_into_scan, open_scan
 from worker.settings import Settings
@@ -33,6 +37,43 @@ from worker.storage import ObjectRef, ObjectUnreadable, StorageUnavailable, open
 from worker.submit import submit_scan
 
 HELP = {"help_option_names": ["-h", "--help"]}
+RESUMABLE = ("listing", "running", "interrupted", "failed")  # what gamma-scan --resume takes up again
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the scan is marked ``interrupted`` before the process exits."""
+
+
+@contextmanager
+def interrupts_as_keyboard_interrupt() -> Iterator[None]:
+    """Within the block SIGTERM raises :class:`Terminated` (SIGINT already raises KeyboardInterrupt); the
+    previous handler is restored after. A no-op outside the main thread (signals are delivered there)."""
+    try:
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def terminated(_signum: int, _frame: object) -> None:
+            raise Terminated()
+
+        signal.signal(signal.SIGTERM, terminated)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def mark_interrupted(sessions: sessionmaker, scan_id: int, interrupt: KeyboardInterrupt, what: str) -> int:
+    """Record on the scan that it was interrupted (status ``interrupted``, a finish time, a note with ``what``
+    to do next); returns the exit status of a process killed by that signal (130 SIGINT, 143 SIGTERM)."""
+    name, code = ("SIGTERM", 143) if isinstance(interrupt, Terminated) else ("SIGINT", 130)
+    with sessions.begin() as session:
+        row = session.get(Scan, scan_id)
+        processed = row.processed if row is not None else 0
+        end_scan(session, scan_id, "interrupted", f"{utcnow():%Y-%m-%d %H:%M:%S} interrupted by {name} after "
+                 f"{processed} images; {what}")  # fmt: skip
+    return code
 # Failures of the listing or of the broker: the scan is marked failed and the CLI says why, without a traceback.
 LISTING_ERRORS = (ObjectUnreadable, StorageUnavailable, KombuOperationalError)
 # A target that is malformed or not there: refused before anything is recorded.
@@ -75,9 +116,26 @@ def submit(
     settings = Settings.from_env(db_url=db_url, broker_url=broker_url, model=model, chunk_size=chunk_size)
     relative = is_relative_sqlite(settings.db_url)
     settings = settings.replace(db_url=absolute_sqlite_url(settings.db_url))
+    opened: list[int] = []
+
+    def on_open(scan_id: int) -> None:
+        opened.append(scan_id)
+        click.echo(scan_id)  # the id first, before a long (backpressured) listing: what `--wait` and people watch
+
     try:
-        # the id first, before a long (backpressured) listing: it is what `--wait`, gamma-report and people watch
-        submitted = submit_scan(settings, target, full=full, on_open=click.echo)
+        with interrupts_as_keyboard_interrupt():
+            submitted = submit_scan(settings, target, full=full, on_open=on_open)
+    except KeyboardInterrupt as interrupt:
+        if not opened:
+            raise SystemExit(143 if isinstance(interrupt, Terminated) else 130) from None
+        engine = make_engine(settings.db_url)
+        try:
+            what = "the chunks queued so far still run; submit the target again to scan all of it"
+            code = mark_interrupted(session_factory(engine), opened[0], interrupt, what)
+        finally:
+            engine.dispose()
+        click.echo(f"scan {opened[0]} interrupted while listing: {what}", err=True)
+        raise SystemExit(code) from None
     except LISTING_ERRORS as error:
         raise click.ClickException(f"scan failed: {error}") from error
     except ValueError as error:  # the target, before any scan was recorded
@@ -125,7 +183,7 @@ def _wait(settings: Settings, scan_id: int, source_uri: str, console: Console, t
 
 
 @click.command(context_settings=HELP)
-@click.argument("target")
+@click.argument("target", required=False)
 @click.option("--db", "db_url", default=None, help="Database URL [env GAMMA_DB_URL; default sqlite:///gamma.db].")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image on stdout (progress on stderr).")
 @click.option("--model", default=None, help="Checkpoint name or folder [env GAMMA_MODEL; default gamma-local-b0].")
@@ -139,8 +197,16 @@ def _wait(settings: Settings, scan_id: int, source_uri: str, console: Console, t
     default=None,
     help="With --json, print s3:// mask URLs as presigned GET URLs valid SECONDS [env GAMMA_MASKS_PRESIGN; 0: off].",
 )
+@click.option(
+    "--resume",
+    "resume_id",
+    type=click.IntRange(1),
+    default=None,
+    help="Finish scan SCAN_ID (interrupted, or left listing by a killed process) instead of a new scan of TARGET: "
+    "its source is listed again and only what has no result yet is run.",
+)
 def scan(
-    target: str,
+    target: str | None,
     db_url: str | None,
     as_json: bool,
     model: str | None,
@@ -148,8 +214,12 @@ def scan(
     chunk_size: int | None,
     full: bool,
     masks_presign: int | None,
+    resume_id: int | None,
 ) -> None:
-    """Scan TARGET (a folder or s3://BUCKET/PREFIX) in this process: no Redis, no Triton."""
+    """Scan TARGET (a folder or s3://BUCKET/PREFIX) in this process: no Redis, no Triton.
+
+    Ctrl-C or SIGTERM marks the scan ``interrupted``; ``gamma-scan --resume SCAN_ID`` finishes it.
+    """
     from worker.masks import MaskLinks
     from worker.pipeline import run_chunk  # torch is imported only by the command that runs the model
     from worker.runtime import Runtime, make_backend
@@ -162,6 +232,11 @@ def scan(
         triton_url="",
         masks_presign=masks_presign,
     )
+    if (target is None) == (resume_id is None):
+        raise click.UsageError("give TARGET, or --resume SCAN_ID (not both)")
+    if resume_id is not None:
+        target = _resumable_source(settings, resume_id)
+    assert target is not None
     try:  # the target first: checking it takes milliseconds, loading the model seconds
         source = open_target(target, settings.s3_endpoint_url, settings.s3_region)
     except TARGET_ERRORS as error:
@@ -173,25 +248,60 @@ def scan(
         raise click.ClickException(f"model {settings.model}: {error}") from error
     runtime = Runtime.create(settings, backend=backend)
     model_name = runtime.backend.model_name
-    scan_id = open_scan(runtime.sessions, source, model_name)
+    skip = None
+    if resume_id is None:
+        scan_id = open_scan(runtime.sessions, source, model_name)
+    else:
+        scan_id = resume_id
+        with runtime.sessions.begin() as session:
+            row = session.get(Scan, scan_id)
+            assert row is not None
+            row.status, row.finished_at = "listing", None
+            note_scan(session, scan_id, f"{utcnow():%Y-%m-%d %H:%M:%S} resumed by gamma-scan --resume")
+        if not full:  # what this model version judged already (this scan's first part included) is linked, not run
+            skip = (model_name, runtime.backend.model_version)
     console = Console(stderr=True)
-    with progress_bar(console) as progress:
-        task = progress.add_task(f"scan {scan_id}", total=None, rate=0.0)
+    try:
+        with interrupts_as_keyboard_interrupt(), progress_bar(console) as progress:
+            task = progress.add_task(f"scan {scan_id}", total=None, rate=0.0)
 
-        def dispatch(chunk: list[ObjectRef]) -> None:
-            outcomes = run_chunk(runtime, source.uri, chunk, scan_id, reuse=not full)
-            if as_json:
-                for outcome in outcomes:
-                    sys.stdout.write(json.dumps({"scan_id": scan_id, **links.outcome(outcome.to_dict())}) + "\n")
-                sys.stdout.flush()
-            progress.advance(task, len(outcomes))
-            done = progress.tasks[0]
-            progress.update(task, rate=done.completed / (done.elapsed or 1e-9))
+            def dispatch(chunk: list[ObjectRef]) -> None:
+                outcomes = run_chunk(runtime, source.uri, chunk, scan_id, reuse=not full)
+                if as_json:
+                    for outcome in outcomes:
+                        sys.stdout.write(json.dumps({"scan_id": scan_id, **links.outcome(outcome.to_dict())}) + "\n")
+                    sys.stdout.flush()
+                progress.advance(task, len(outcomes))
+                done = progress.tasks[0]
+                progress.update(task, rate=done.completed / (done.elapsed or 1e-9))
 
-        try:
-            total = list_into_scan(runtime.sessions, scan_id, source, settings.chunk_size, dispatch)
-        except LISTING_ERRORS as error:
-            raise click.ClickException(f"scan {scan_id} failed: {error}") from error
-        progress.update(task, total=total)
+            try:
+                total = list_into_scan(runtime.sessions, scan_id, source, settings.chunk_size, dispatch, skip)
+            except LISTING_ERRORS as error:
+                raise click.ClickException(f"scan {scan_id} failed: {error}") from error
+            progress.update(task, total=total)
+    except KeyboardInterrupt as interrupt:
+        code = mark_interrupted(runtime.sessions, scan_id, interrupt, f"gamma-scan --resume {scan_id} finishes it")
+        console.print(f"scan {scan_id} interrupted: gamma-scan --resume {scan_id} finishes it")
+        runtime.close()
+        raise SystemExit(code) from None
     print_summary(runtime.sessions, scan_id, console, images=not as_json)  # --json has printed every image
     runtime.close()
+
+
+def _resumable_source(settings: Settings, scan_id: int) -> str:
+    """The source URI of scan ``scan_id`` if it can be resumed; a one-line error otherwise."""
+    engine = make_engine(settings.db_url)
+    try:
+        with session_factory(engine)() as session:
+            row = session.get(Scan, scan_id)
+            status, uri = (row.status, row.source_uri) if row is not None else ("", "")
+    except Exception as error:
+        raise click.ClickException(f"cannot read scan {scan_id} from the database: {error}") from error
+    finally:
+        engine.dispose()
+    if not status:
+        raise click.ClickException(f"no scan {scan_id} in {database_identity(settings.db_url)}")
+    if status not in RESUMABLE:
+        raise click.ClickException(f"scan {scan_id} is {status}: nothing to resume")
+    return uri
