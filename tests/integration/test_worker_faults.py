@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
 from gamma.weights import Checkpoint
-from tests.fixtures.fault_markers import POISON_RGB, read_marker
+from tests.fixtures.fault_markers import BUG_RGB, POISON_RGB, read_marker
 from tests.fixtures.services import (
     HOST,
     _popen,
@@ -316,3 +316,39 @@ def test_the_database_refuses_connections_mid_scan(redis_url: str, services_dir:
         assert_no_duplicates(settings.db_url, keys)
     retries = [line for line in (scan.detail or "").splitlines() if " retry " in line]
     assert retries and all("OperationalError" in line for line in retries), scan.detail
+
+
+def test_a_bug_whose_failure_cannot_be_recorded_requeues_the_chunk_in_a_real_worker(
+    redis_url: str, services_dir: Path, tmp_path: Path
+) -> None:
+    """Issue 11 C: in a real prefork worker, a chunk fails with a bug while PostgreSQL refuses connections, so
+    its failure cannot be recorded: the message must come back (not be acked without rows). Once the database is
+    back, the next delivery records the chunk ``internal-error`` and the scan completes."""
+    keys = write_images(tmp_path / "images", 6)
+    Image.new("RGB", (80, 64), BUG_RGB).save(tmp_path / "images" / "02.png")
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    with postgres_cluster() as postgres:
+        env = worker_env(tmp_path, redis_url, "gamma-fake", "faults.record")
+        env.update({"GAMMA_DB_URL": postgres.url, "GAMMA_TEST_BUG_GATE": str(gate), "GAMMA_MAX_DELIVERIES": "3"})
+        settings = Settings.from_env(env)
+        with celery_worker(env, services_dir, concurrency=1, queue="faults.record", include=HOOKS):
+            scan_id = submit_scan(settings, str(tmp_path / "images")).scan_id
+            wait_for((gate / "waiting").exists, 60, "the bug chunk inferring")
+            postgres.stop("fast")  # the task is about to fail, and recording that will be refused
+            (gate / "go").touch()
+            logs = lambda: "".join(p.read_text() for p in services_dir.glob("celery-*.log"))  # noqa: E731
+            wait_for(lambda: "could not record the failure of chunk" in logs(), 60, "the refused record")
+            postgres.start()
+            wait_for(lambda: scan_state(settings.db_url, scan_id).status == "done", 90, "scan done after the outage")
+        engine = make_engine(settings.db_url)
+        with session_factory(engine)() as session:
+            rows = session.execute(
+                select(ScanItem.key, Result.verdict, Result.error_reason)
+                .join(Result, Result.id == ScanItem.result_id)
+                .where(ScanItem.scan_id == scan_id)
+            ).all()
+        engine.dispose()
+    failed = sorted(key for key, verdict, reason in rows if (verdict, reason) == ("error", "internal-error"))
+    assert len(rows) == len(keys) and "02.png" in failed and len(failed) == 2  # its chunk, recorded on redelivery
+    assert "raised outside body" not in logs() and "requeueing it" in logs()
