@@ -85,6 +85,10 @@ class TritonBackend:
     ``model_version=None`` follows whatever version the server serves (the newest under ``latest``); the
     version, batch limit and thresholds are fetched on first use and refreshed when a response reports a
     different version. ``timeout_s`` bounds every call, so a hung server costs at most that long.
+
+    Work that must be judged and recorded under one version (a scan chunk) takes :meth:`pinned`: the version
+    the server has ready *now*, asked once, and a view that infers every batch with ``model_version`` set to it,
+    so a version change on the server mid-chunk cannot mix two versions' outputs under one version number.
     """
 
     def __init__(
@@ -103,6 +107,7 @@ class TritonBackend:
         self.metadata_timeout_s = metadata_timeout_s
         self._thresholds_override = thresholds
         self._served: ServedModel | None = None
+        self._versions: dict[int, ServedModel] = {}  # config + thresholds per version, read once each
         self._lock = threading.Lock()
         # Reconnect quickly after an outage: gRPC's default backoff grows to 120 s, during which every call on the
         # channel fails at once even though the server is back.
@@ -121,9 +126,12 @@ class TritonBackend:
     @property
     def served(self) -> ServedModel:
         with self._lock:
-            if self._served is None:
-                self._served = self._describe()
-            return self._served
+            served = self._served
+        if served is None:
+            served = self._describe()
+            with self._lock:
+                self._served = served
+        return served
 
     @property
     def model_version(self) -> int:
@@ -148,23 +156,36 @@ class TritonBackend:
     def _version_arg(self) -> str:
         return "" if self.requested_version is None else str(self.requested_version)
 
-    def _describe(self) -> ServedModel:
-        timeout = self.metadata_timeout_s
+    def ready_version(self) -> int:
+        """The version requests go to: the requested one, else the newest the server has ready now (one call)."""
+        if self.requested_version is not None:
+            return self.requested_version
         metadata = self._call(
             "model metadata",
             self._client.get_model_metadata,
             self.model_name,
-            self._version_arg(),
-            client_timeout=timeout,
+            "",
+            client_timeout=self.metadata_timeout_s,
         )
-        if self.requested_version is not None:
-            version = self.requested_version
-        elif metadata.versions:
-            version = max(int(v) for v in metadata.versions)
-        else:
+        if not metadata.versions:
             raise ModelNotFound(f"{self.model_name!r} on {self.url} has no ready version")
+        return max(int(v) for v in metadata.versions)
+
+    def _describe(self) -> ServedModel:
+        return self.describe_version(self.ready_version())
+
+    def describe_version(self, version: int) -> ServedModel:
+        """Batch limit and thresholds of ``version`` (its config, read once per version and kept)."""
+        with self._lock:
+            known = self._versions.get(version)
+        if known is not None:
+            return known
         config = self._call(
-            "model config", self._client.get_model_config, self.model_name, str(version), client_timeout=timeout
+            "model config",
+            self._client.get_model_config,
+            self.model_name,
+            str(version),
+            client_timeout=self.metadata_timeout_s,
         ).config
         self._check_contract(config)
         if config.max_batch_size < 1:
@@ -172,7 +193,12 @@ class TritonBackend:
                 f"{self.model_name!r}: max_batch_size {config.max_batch_size}; the GAMMA "
                 "contract has a batch axis (re-export with deploy/export_triton.py)"
             )
-        return ServedModel(self.model_name, version, int(config.max_batch_size), self._read_thresholds(config, version))
+        served = ServedModel(
+            self.model_name, version, int(config.max_batch_size), self._read_thresholds(config, version)
+        )
+        with self._lock:
+            self._versions[version] = served
+        return served
 
     def _check_contract(self, config: Any) -> None:
         served = {t.name for t in (*config.input, *config.output)}
@@ -194,7 +220,9 @@ class TritonBackend:
             )
         return VerdictThresholds.from_dict(json.loads(parameter.string_value))
 
-    def _infer_chunk(self, images: np.ndarray) -> tuple[BatchOutputs, int]:
+    def _infer_chunk(self, images: np.ndarray, version_arg: str | None = None) -> tuple[BatchOutputs, int]:
+        """One request (to ``version_arg``, default the requested version or ``latest``); the outputs and the
+        version the server says answered it (0 if it does not say)."""
         request = grpcclient.InferInput(wire.IMAGES.name, list(images.shape), wire.IMAGES.triton_dtype)
         request.set_data_from_numpy(images)
         outputs = [grpcclient.InferRequestedOutput(spec.name) for spec in wire.OUTPUTS]
@@ -203,7 +231,7 @@ class TritonBackend:
             self._client.infer,
             self.model_name,
             [request],
-            model_version=self._version_arg(),
+            model_version=self._version_arg() if version_arg is None else version_arg,
             outputs=outputs,
             client_timeout=self.timeout_s,
         )
@@ -212,14 +240,22 @@ class TritonBackend:
             raise TritonInferenceError(f"{self.model_name!r}: response lacks one of {[s.name for s in wire.OUTPUTS]}")
         return outputs_from_wire(*arrays), int(result.get_response().model_version or 0)
 
-    def infer(self, images: np.ndarray) -> BatchOutputs:
-        """uint8 crops (B, 3, 512, 512) -> outputs; batches above the model's ``max_batch_size`` are split."""
+    @staticmethod
+    def _checked(images: np.ndarray) -> np.ndarray:
         images = np.ascontiguousarray(images)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != wire.IMAGES.shape or not len(images):
             raise ValueError(
                 f"expected uint8 (B, {', '.join(map(str, wire.IMAGES.shape))}) with B >= 1, "
                 f"got {images.dtype} {images.shape}"
             )
+        return images
+
+    def infer(self, images: np.ndarray) -> BatchOutputs:
+        """uint8 crops (B, 3, 512, 512) -> outputs; batches above the model's ``max_batch_size`` are split.
+
+        Follows the server: use :meth:`pinned` when the outputs must all come from one known version.
+        """
+        images = self._checked(images)
         served = self.served
         parts = []
         for start in range(0, len(images), served.max_batch_size):
@@ -228,11 +264,19 @@ class TritonBackend:
             if version and version != served.version:
                 with self._lock:  # the server moved to another version: its thresholds apply from now on
                     self._served = None
-        if len(parts) == 1:
-            return parts[0]
-        return BatchOutputs(
-            *(np.concatenate([getattr(p, f) for p in parts]) for f in ("probability", "ai_mask", "manipulation_mask"))
-        )
+        return _joined(parts)
+
+    def pinned(self) -> PinnedVersion:
+        """This model at the version the server has ready now (asked once), for one chunk of work.
+
+        Every request of the view names that version, so all its outputs come from it, and its
+        ``model_version`` and ``thresholds`` are that version's. If the server unloads the version meanwhile,
+        the view's requests fail with :class:`TritonUnavailable`: the chunk is retried, on the new version.
+        """
+        served = self.describe_version(self.ready_version())
+        with self._lock:
+            self._served = served  # the unpinned attributes follow what the server has ready too
+        return PinnedVersion(self, served)
 
     def is_ready(self) -> bool:
         """Whether the server and this model are ready (never raises; for health checks)."""
@@ -247,3 +291,44 @@ class TritonBackend:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _joined(parts: list[BatchOutputs]) -> BatchOutputs:
+    if len(parts) == 1:
+        return parts[0]
+    return BatchOutputs(
+        *(np.concatenate([getattr(p, f) for p in parts]) for f in ("probability", "ai_mask", "manipulation_mask"))
+    )
+
+
+class PinnedVersion:
+    """One version of a :class:`TritonBackend`'s model, fixed (see :meth:`TritonBackend.pinned`): an
+    :class:`~gamma.inference.InferenceBackend` whose ``model_version`` is the version every one of its responses
+    reported, so what is recorded under that number is that version's output."""
+
+    def __init__(self, backend: TritonBackend, served: ServedModel) -> None:
+        self.backend = backend
+        self.served = served
+        self.model_name = served.name
+        self.model_version = served.version
+        self.thresholds = served.thresholds
+        self.max_batch_size = served.max_batch_size
+
+    def infer(self, images: np.ndarray) -> BatchOutputs:
+        images = self.backend._checked(images)
+        version = self.model_version
+        parts = []
+        for start in range(0, len(images), self.max_batch_size):
+            try:
+                outputs, reported = self.backend._infer_chunk(images[start : start + self.max_batch_size], str(version))
+            except ModelNotFound as gone:
+                if self.backend.requested_version is not None:
+                    raise  # the configured version is not served: configuration, not a passing state
+                raise TritonUnavailable(
+                    f"{self.model_name!r} v{version} went away mid-chunk (the server moved to another version): "
+                    f"retry on the version it serves now ({gone})"
+                ) from gone
+            if reported and reported != version:
+                raise TritonInferenceError(f"{self.model_name!r}: asked for v{version}, the response says v{reported}")
+            parts.append(outputs)
+        return _joined(parts)

@@ -23,11 +23,11 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from gamma.inference import ImageResult
+from gamma.inference import Detector, ImageResult
 from worker import metrics
 from worker.outcome import Outcome
 from worker.records import known_by_content, known_by_etag, record_outcomes, unprocessed_keys
-from worker.runtime import Runtime
+from worker.runtime import Runtime, TimedBackend
 from worker.storage import ObjectRef, ObjectUnreadable, Source
 
 
@@ -45,10 +45,16 @@ def _fetch(source: Source, ref: ObjectRef, max_bytes: int) -> tuple[bytes | Obje
 
 
 def _judged(
-    ref: ObjectRef, sha256: str, size: int, result: ImageResult, runtime: Runtime, pool: ThreadPoolExecutor
+    ref: ObjectRef,
+    sha256: str,
+    size: int,
+    result: ImageResult,
+    runtime: Runtime,
+    pool: ThreadPoolExecutor,
+    name: str,
+    version: int,
 ) -> Outcome:
     assert result.judgement is not None and result.ai_mask is not None and result.manipulation_mask is not None
-    name, version = runtime.backend.model_name, runtime.backend.model_version
     ai_url = pool.submit(runtime.masks.put, sha256, name, version, "ai", result.ai_mask)
     manipulation_url = pool.submit(runtime.masks.put, sha256, name, version, "manipulation", result.manipulation_mask)
     judgement = result.judgement
@@ -66,8 +72,18 @@ def _judged(
     )
 
 
-def classify_chunk(runtime: Runtime, source: Source, refs: Sequence[ObjectRef], reuse: bool = True) -> list[Outcome]:
+def classify_chunk(
+    runtime: Runtime,
+    source: Source,
+    refs: Sequence[ObjectRef],
+    reuse: bool = True,
+    detector: Detector | None = None,
+) -> list[Outcome]:
     """Fetch, classify and store the masks of ``refs``; one :class:`Outcome` per distinct key, in order.
+
+    ``detector`` (default: :meth:`Runtime.pinned_detector`) holds the backend to one model version for the whole
+    chunk: reuse lookups, inference, mask keys and the recorded version are all that version's, even if a Triton
+    server moves to another version meanwhile.
 
     With ``reuse`` (incremental scans), a ref whose (bucket, key, ETag) already has a result of the loaded model
     version is not even fetched, and fetched bytes whose sha256 already has one (a copy under another key) are
@@ -76,8 +92,11 @@ def classify_chunk(runtime: Runtime, source: Source, refs: Sequence[ObjectRef], 
     Raises only for failures of a service (storage, backend); per-object problems become error outcomes.
     """
     refs = list({ref.key: ref for ref in refs}.values())
-    max_bytes = runtime.detector.limits.max_bytes
-    name, version = runtime.backend.model_name, runtime.backend.model_version
+    detector = detector or runtime.pinned_detector()
+    backend = detector.backend
+    assert isinstance(backend, TimedBackend)
+    max_bytes = detector.limits.max_bytes
+    name, version = backend.model_name, backend.model_version
     outcomes: list[Outcome | None] = [None] * len(refs)
     if reuse:
         with runtime.sessions() as session:
@@ -114,13 +133,11 @@ def classify_chunk(runtime: Runtime, source: Source, refs: Sequence[ObjectRef], 
                     outcomes[index] = reused
             readable = [item for item in readable if item[2] not in same_bytes]
 
-        infer_before = runtime.backend.seconds
+        infer_before = backend.seconds
         start = time.perf_counter()
-        results = (
-            runtime.detector.classify_bytes([(refs[i].key, data) for i, data, _, _ in readable]) if readable else []
-        )
+        results = detector.classify_bytes([(refs[i].key, data) for i, data, _, _ in readable]) if readable else []
         classify_ms = (time.perf_counter() - start) * 1000
-        infer_ms = (runtime.backend.seconds - infer_before) * 1000
+        infer_ms = (backend.seconds - infer_before) * 1000
         judged = sum(1 for r in results if r.judgement is not None)
         per_preprocess = (classify_ms - infer_ms) / max(len(readable), 1)
         for _ in readable:
@@ -141,7 +158,7 @@ def classify_chunk(runtime: Runtime, source: Source, refs: Sequence[ObjectRef], 
                     size=len(data),
                 )
             else:
-                outcome = _judged(ref, sha256, len(data), result, runtime, pool)
+                outcome = _judged(ref, sha256, len(data), result, runtime, pool, name, version)
                 outcome.infer_ms = per_infer
             outcome.fetch_ms = fetch_ms
             outcome.preprocess_ms = per_preprocess
@@ -152,10 +169,12 @@ def classify_chunk(runtime: Runtime, source: Source, refs: Sequence[ObjectRef], 
 def run_chunk(
     runtime: Runtime, source_uri: str, refs: Sequence[ObjectRef], scan_id: int | None, reuse: bool = True
 ) -> list[Outcome]:
-    """Classify one chunk and record it (and the scan's new counts) in one transaction."""
+    """Classify one chunk and record it (and the scan's new counts) in one transaction, under the one model
+    version that judged it (:meth:`Runtime.pinned_detector`)."""
     source = runtime.source(source_uri)
-    outcomes = classify_chunk(runtime, source, refs, reuse)
-    backend = runtime.backend
+    detector = runtime.pinned_detector()
+    outcomes = classify_chunk(runtime, source, refs, reuse, detector)
+    backend = detector.backend
     with runtime.sessions.begin() as session:
         record_outcomes(session, scan_id, source.bucket, backend.model_name, backend.model_version, outcomes)
     metrics.record(outcomes)

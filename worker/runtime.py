@@ -65,6 +65,36 @@ class TimedBackend:
             metrics.BATCH_SIZE.observe(len(images))
 
 
+class ModelVersionChanged(RuntimeError):
+    """The backend's model version changed while a chunk was inferred: its outputs mix versions. Retry it."""
+
+
+class FixedVersion:
+    """A backend without :meth:`pinned` (the in-process ones, whose version cannot change) held to the version it
+    had when the chunk began; should it change anyway, :class:`ModelVersionChanged` instead of mislabelled rows."""
+
+    def __init__(self, backend: InferenceBackend) -> None:
+        self.backend = backend
+        self.model_name = backend.model_name
+        self.model_version = backend.model_version
+        self.thresholds = backend.thresholds
+        self.max_batch_size = backend.max_batch_size
+
+    def infer(self, images: np.ndarray) -> BatchOutputs:
+        outputs = self.backend.infer(images)
+        now = self.backend.model_version
+        if now != self.model_version:
+            raise ModelVersionChanged(f"{self.model_name}: v{self.model_version} became v{now} during the chunk")
+        return outputs
+
+
+def pin(backend: InferenceBackend) -> InferenceBackend:
+    """``backend`` held to one model version for one chunk: its ``pinned()`` view (Triton: the version the server
+    has ready now, named in every request), else :class:`FixedVersion`."""
+    pinned = getattr(backend, "pinned", None)
+    return pinned() if callable(pinned) else FixedVersion(backend)
+
+
 def preprocess_limits(settings: Settings) -> PreprocessLimits:
     changes = {name: getattr(settings, name) for name in ("max_pixels", "max_bytes") if getattr(settings, name)}
     return dataclasses.replace(DEFAULT_LIMITS, **changes) if changes else DEFAULT_LIMITS
@@ -126,6 +156,12 @@ class Runtime:
         backend = self.detector.backend
         assert isinstance(backend, TimedBackend)
         return backend
+
+    def pinned_detector(self) -> Detector:
+        """A detector for one chunk: the same preprocessing, the backend held to one model version
+        (:func:`pin`), timed on its own. Read its ``backend.model_version`` for the version its results are of."""
+        detector = self.detector
+        return Detector(TimedBackend(pin(self.backend.backend)), detector.limits, detector.workers)
 
     def model_identity(self) -> tuple[str, int]:
         """(name, version) of the loaded model; (configured name, 0) if the backend was never reached."""

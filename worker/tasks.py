@@ -37,7 +37,7 @@ from worker.deadletter import database_identity, dead_letter, is_relative_sqlite
 from worker.pipeline import mark_failed, run_chunk
 from worker.reasons import Reason
 from worker.records import note_scan
-from worker.runtime import Runtime
+from worker.runtime import ModelVersionChanged, Runtime
 from worker.schedule import SUBMIT_TASK_NAME, submit_key
 from worker.settings import Settings
 from worker.storage import ObjectRef, StorageUnavailable
@@ -45,8 +45,14 @@ from worker.submit import submit_scan
 
 log = logging.getLogger(__name__)
 
-# "A service is unavailable right now": the exceptions worth retrying a whole chunk for.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (StorageUnavailable, OperationalError, TritonUnavailable)
+# "A service is unavailable right now": the exceptions worth retrying a whole chunk for (a model version that
+# changed mid-chunk too: the retry runs the whole chunk on the new one).
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    StorageUnavailable,
+    OperationalError,
+    TritonUnavailable,
+    ModelVersionChanged,
+)
 
 _runtime: Runtime | None = None
 _runtime_pid = 0  # the process that built (or was given) _runtime

@@ -72,9 +72,9 @@ def test_an_interrupted_scan_is_marked_and_resumed(
     inferred: list[str] = []
     original_classify = worker.pipeline.classify_chunk
 
-    def classify(runtime: Any, source: Any, refs: Any, reuse: bool = True) -> Any:
+    def classify(runtime: Any, source: Any, refs: Any, reuse: bool = True, detector: Any = None) -> Any:
         inferred.extend(ref.key for ref in refs)
-        return original_classify(runtime, source, refs, reuse)
+        return original_classify(runtime, source, refs, reuse, detector)
 
     monkeypatch.setattr(worker.pipeline, "classify_chunk", classify)
     resumed = CliRunner().invoke(scan, ["--resume", "1", *base, "--chunk-size", "2"])
