@@ -29,9 +29,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from gamma.preprocess import CROP_SIZE
+from gamma.preprocess import CROP_SIZE, PreprocessLimits
 from gamma.verdict import Verdict
 from worker.db import Result, Scan, ScanItem, make_engine, session_factory
+from worker.reasons import Reason
 from worker.records import scan_summary
 from worker.settings import Settings
 from worker.storage import ObjectRef, ObjectUnreadable, S3Source, StorageUnavailable, parse_source, s3_client
@@ -64,17 +65,23 @@ def redact(url: str) -> str:
     return urlunparse((parsed.scheme, netloc, parsed.path, "", "", ""))
 
 
+TOO_LARGE = "too large to preview"
+
+
 class Reader:
-    """Reads originals (from the scan's source) and masks (``file://`` or ``s3://`` URLs)."""
+    """Reads originals (from the scan's source) and masks (``file://`` or ``s3://`` URLs).
+
+    Originals are read with the preprocessing byte limit (``GAMMA_MAX_BYTES``, else the contract's default: the
+    one the scan judged them under), never more: a larger one raises :class:`~worker.storage.ObjectTooLarge` and
+    its row says "too large to preview". S3 goes through the process's shared client (:func:`s3_client`).
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._s3: object | None = None
+        self.limits = settings.preprocess_limits()
 
     def _client(self) -> object:
-        if self._s3 is None:
-            self._s3 = s3_client(self.settings.s3_endpoint_url, self.settings.s3_region)
-        return self._s3
+        return s3_client(self.settings.s3_endpoint_url, self.settings.s3_region)
 
     def url(self, url: str) -> bytes:
         parsed = urlparse(url)
@@ -85,8 +92,9 @@ class Reader:
         raise ValueError(f"unsupported mask URL scheme {parsed.scheme!r}")
 
     def original(self, source_uri: str, key: str) -> bytes:
+        """The original's bytes, at most ``limits.max_bytes`` of them (:class:`ObjectTooLarge` above)."""
         source = parse_source(source_uri, self.settings.s3_endpoint_url, self.settings.s3_region)
-        return source.get(ObjectRef(key), 0)
+        return source.get(ObjectRef(key), self.limits.max_bytes)
 
 
 def _data_uri(image: Image.Image, fmt: str = "JPEG") -> str:
@@ -109,11 +117,11 @@ def blank_crop() -> Image.Image:
     return Image.new("RGB", (CROP_SIZE, CROP_SIZE), (30, 30, 30))
 
 
-def crop_image(data: bytes) -> Image.Image:
+def crop_image(data: bytes, limits: PreprocessLimits | None = None) -> Image.Image:
     """The 512x512 RGB crop the model saw (the preprocessing contract), as a Pillow image."""
-    from gamma.preprocess import preprocess
+    from gamma.preprocess import DEFAULT_LIMITS, preprocess
 
-    crop = preprocess(data)  # (3, CROP_SIZE, CROP_SIZE) uint8
+    crop = preprocess(data, limits or DEFAULT_LIMITS)  # (3, CROP_SIZE, CROP_SIZE) uint8
     return Image.fromarray(np.ascontiguousarray(np.transpose(crop, (1, 2, 0))))
 
 
@@ -128,10 +136,11 @@ def overlay(base: Image.Image, mask_png: bytes, colour: tuple[int, int, int]) ->
 def pictures(reader: Reader, source_uri: str, row: Row) -> tuple[str, str, str]:
     """Data URIs of the crop, the crop + AI mask, the crop + manipulation mask (placeholders when unreadable)."""
     try:
-        base = crop_image(reader.original(source_uri, row.key))
+        base = crop_image(reader.original(source_uri, row.key), reader.limits)
     except (ObjectUnreadable, StorageUnavailable, OSError, ValueError) as error:
         base = None
-        reason = type(error).__name__
+        too_large = getattr(error, "reason", "") in (Reason.TOO_MANY_BYTES, Reason.TOO_MANY_PIXELS)
+        reason = TOO_LARGE if too_large else type(error).__name__
     thumbs = []
     for url, colour in ((row.ai_mask_url, AI_COLOUR), (row.manipulation_mask_url, MANIPULATION_COLOUR)):
         try:

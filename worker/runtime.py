@@ -8,7 +8,6 @@ The backend is the only thing that differs between ``gamma-scan`` (PyTorch in-pr
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import sessionmaker
 
 from gamma.inference import BatchOutputs, Detector, InferenceBackend, TorchBackend
-from gamma.preprocess import DEFAULT_LIMITS, PreprocessLimits
+from gamma.preprocess import PreprocessLimits
 from gamma.verdict import VerdictThresholds
 from worker import metrics
 from worker.db import make_engine, migrate, session_factory
@@ -96,8 +95,7 @@ def pin(backend: InferenceBackend) -> InferenceBackend:
 
 
 def preprocess_limits(settings: Settings) -> PreprocessLimits:
-    changes = {name: getattr(settings, name) for name in ("max_pixels", "max_bytes") if getattr(settings, name)}
-    return dataclasses.replace(DEFAULT_LIMITS, **changes) if changes else DEFAULT_LIMITS
+    return settings.preprocess_limits()
 
 
 def make_backend(settings: Settings) -> InferenceBackend:

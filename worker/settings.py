@@ -13,7 +13,10 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gamma.preprocess import PreprocessLimits
 
 ENV_PREFIX = "GAMMA_"
 # Equal to gamma.weights.DEFAULT_MODEL (a unit test checks it). Not imported from there: gamma.weights loads
@@ -113,6 +116,14 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+    def preprocess_limits(self) -> PreprocessLimits:
+        """:data:`gamma.preprocess.DEFAULT_LIMITS` with ``max_pixels``/``max_bytes`` where these are set (not 0):
+        the one byte limit for the scan pipeline and for anything else that reads originals (the HTML report)."""
+        from gamma.preprocess import DEFAULT_LIMITS  # Pillow and numpy: only for the processes that read images
+
+        changes = {name: getattr(self, name) for name in ("max_pixels", "max_bytes") if getattr(self, name)}
+        return dataclasses.replace(DEFAULT_LIMITS, **changes) if changes else DEFAULT_LIMITS
 
     def as_env(self) -> dict[str, str]:
         """The ``GAMMA_*`` variables that reproduce these settings in a child process (a worker)."""

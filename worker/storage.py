@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,19 +97,53 @@ class Source(Protocol):
     def object_uri(self, key: str) -> str: ...
 
 
-def s3_client(endpoint_url: str = "", region: str = "us-east-1") -> Any:
-    """A thread-safe S3 client; path-style addressing so any endpoint (moto, MinIO, Ceph) works.
+S3_POOL_CONNECTIONS = 32
 
+_clients: dict[tuple[str, str, str, str], Any] = {}
+_clients_lock = threading.Lock()
+
+
+def _forget_clients() -> None:
+    """After ``fork()``, in the child: boto3 clients (their sessions, connection pools and sockets) must not be
+    shared with the parent, so the child builds its own on first use."""
+    global _clients_lock
+    _clients.clear()
+    _clients_lock = threading.Lock()  # the parent may have held it while forking
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_clients)
+
+
+def _credentials_key(profile: str | None) -> tuple[str, str]:
+    """Which credentials a new client would take: the profile, and the access key id set in the environment
+    (which the default chain prefers; a process whose environment changes keys gets a client for the new ones)."""
+    return (os.environ.get("AWS_PROFILE", "") if profile is None else profile), os.environ.get("AWS_ACCESS_KEY_ID", "")
+
+
+def s3_client(endpoint_url: str = "", region: str = "us-east-1", profile: str | None = None) -> Any:
+    """The process's thread-safe S3 client for (endpoint, region, credentials profile); path-style addressing so
+    any endpoint (moto, MinIO, Ceph) works. ``profile`` ``None``: ``AWS_PROFILE`` (empty: the default chain).
+
+    One client per key per process, shared by every source, mask store and report (clients are thread-safe):
+    one pool of :data:`S3_POOL_CONNECTIONS` connections, not one per scanned prefix. Forgotten in a forked child.
     botocore's own standard retry mode absorbs short throttling bursts before the task-level retry has to.
     """
-    config = Config(
-        retries={"max_attempts": 4, "mode": "standard"},
-        max_pool_connections=32,
-        s3={"addressing_style": "path"},
-        connect_timeout=5,
-        read_timeout=30,
-    )
-    return boto3.session.Session().client("s3", endpoint_url=endpoint_url or None, region_name=region, config=config)
+    key = (endpoint_url or "", region or "", *_credentials_key(profile))
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            config = Config(
+                retries={"max_attempts": 4, "mode": "standard"},
+                max_pool_connections=S3_POOL_CONNECTIONS,
+                s3={"addressing_style": "path"},
+                connect_timeout=5,
+                read_timeout=30,
+            )
+            session = boto3.session.Session(profile_name=key[2] or None)
+            client = session.client("s3", endpoint_url=endpoint_url or None, region_name=region, config=config)
+            _clients[key] = client
+    return client
 
 
 def _classify(error: Exception, what: str) -> Exception:
@@ -177,9 +212,12 @@ class S3Source:
                 response["Body"].close()
                 raise ObjectTooLarge(f"{what}: size {length} > {max_bytes}")
             with response["Body"] as body:
-                return body.read()
+                data = body.read(max_bytes + 1) if max_bytes else body.read()
         except (ClientError, BotoCoreError) as error:
             raise _classify(error, what) from error
+        if max_bytes and len(data) > max_bytes:  # no (or a wrong) Content-Length: never more than the limit read
+            raise ObjectTooLarge(f"{what}: more than {max_bytes} bytes")
+        return data
 
     def put(self, key: str, data: bytes, content_type: str) -> str:
         try:
@@ -346,9 +384,12 @@ class LocalSource:
                 raise ObjectTooLarge(f"{path}: size {stat.st_size} > {max_bytes}")
             os.set_blocking(fd, True)
             try:
-                return file.read()
+                data = file.read(max_bytes + 1) if max_bytes else file.read()
             except OSError as error:
                 raise ObjectUnreadable(_os_reason(error), _os_error(error)) from error
+        if max_bytes and len(data) > max_bytes:  # grew since the fstat: never more than the limit read
+            raise ObjectTooLarge(f"{path}: more than {max_bytes} bytes (grew while read)")
+        return data
 
     def put(self, key: str, data: bytes, content_type: str) -> str:
         path = (self.root / key).resolve()
