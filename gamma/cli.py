@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gamma.inference import Detector
+from gamma.preprocess import warn_if_no_heif
 from gamma.weights import DEFAULT_MODEL, WeightsError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
@@ -49,6 +50,7 @@ def main(ctx: click.Context, paths: tuple[Path, ...], model: str, onnx_path: Pat
     files = expand(paths)
     if not files:
         raise click.UsageError("no image files found")
+    warn_if_no_heif(stderr=True)
     try:
         detector = Detector.from_onnx(onnx_path) if onnx_path is not None else Detector.from_checkpoint(model)
     except WeightsError as exc:

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import functools
 import io
+import logging
 import re
 import struct
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,8 +33,8 @@ from gamma import _fast_jpeg
 
 __all__ = [
     "CROP_SIZE", "DEFAULT_LIMITS", "JPEG_QUALITY", "JPEG_SUBSAMPLING", "REJECTION_REASONS", "ImageRejected",
-    "PreprocessLimits", "align_format", "center_crop", "decode_rgb", "prepare_rgb", "preprocess", "preprocess_fast",
-    "preprocess_reference", "random_crop", "resize_short_side", "to_chw",
+    "PreprocessLimits", "align_format", "center_crop", "decode_rgb", "heif_available", "prepare_rgb", "preprocess",
+    "preprocess_fast", "preprocess_reference", "random_crop", "resize_short_side", "to_chw", "warn_if_no_heif",
 ]  # fmt: skip
 
 CROP_SIZE = 512
@@ -113,6 +115,34 @@ def _accepted_formats() -> tuple[str, ...]:
     except (ImportError, OSError):
         pass
     return tuple(formats)
+
+
+HEIF_MISSING = (
+    "pillow-heif cannot be imported: HEIF/HEIC images (iPhone photos) will be recorded unsupported-format, "
+    "not judged (pip install pillow-heif)"
+)
+_heif_warned = False
+
+
+def heif_available() -> bool:
+    """Whether HEIF/HEIC is decoded here (pillow-heif importable and registered with Pillow)."""
+    return "HEIF" in _accepted_formats()
+
+
+def warn_if_no_heif(stderr: bool = False) -> bool:
+    """At start-up: :func:`heif_available`, and if not, say so once per process (a logging warning; with
+    ``stderr``, as a CLI does, one ``warning:`` line on stderr, logged too if logging is configured)."""
+    global _heif_warned
+    if heif_available():
+        return True
+    if not _heif_warned:
+        _heif_warned = True
+        log = logging.getLogger(__name__)
+        if stderr:
+            print(f"warning: {HEIF_MISSING}", file=sys.stderr, flush=True)
+        if not stderr or log.hasHandlers():  # no handler: logging's last resort would print the line again
+            log.warning(HEIF_MISSING)
+    return False
 
 
 def _sniff(data: bytes) -> str | None:

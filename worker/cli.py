@@ -220,6 +220,7 @@ def scan(
 
     Ctrl-C or SIGTERM marks the scan ``interrupted``; ``gamma-scan --resume SCAN_ID`` finishes it.
     """
+    from gamma.preprocess import warn_if_no_heif
     from worker.masks import MaskLinks
     from worker.pipeline import run_chunk  # torch is imported only by the command that runs the model
     from worker.runtime import Runtime, make_backend
@@ -242,6 +243,7 @@ def scan(
     except TARGET_ERRORS as error:
         raise click.ClickException(str(error)) from error
     links = MaskLinks.from_settings(settings)
+    warn_if_no_heif(stderr=True)
     try:
         backend = make_backend(settings)  # gamma.weights.WeightsError (a ValueError) for a model not found
     except (ValueError, OSError) as error:

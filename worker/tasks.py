@@ -30,6 +30,7 @@ from celery.signals import worker_init, worker_process_init, worker_process_shut
 from sqlalchemy.exc import OperationalError
 
 from deploy.triton_client import TritonError, TritonUnavailable
+from gamma.preprocess import warn_if_no_heif
 from worker import metrics
 from worker.app import TASK_NAME, app, decode_refs, settings
 from worker.db import Scan, make_engine, migrate, utcnow
@@ -114,6 +115,7 @@ def _migrate(**_: Any) -> None:
         migrate(engine)
     finally:
         engine.dispose()
+    warn_if_no_heif()  # once, in the main process: HEIF/HEIC uploads would be recorded unsupported-format
     if settings.metrics_port:
         metrics.clear_multiprocess_dir()
         metrics.serve(settings.metrics_port, settings.metrics_host)
