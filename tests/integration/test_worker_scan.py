@@ -145,7 +145,7 @@ def _count(engine: Engine, table: type) -> int:
 
 def test_submit_scan_resubmit(stack: Stack, tiny_checkpoint: Checkpoint) -> None:
     runner = CliRunner()
-    first = runner.invoke(submit, [f"uploads/{PREFIX}"])  # no worker yet: the chunks wait in Redis
+    first = runner.invoke(submit, [f"s3://uploads/{PREFIX}"])  # no worker yet: the chunks wait in Redis
     assert first.exit_code == 0, first.output
     scan_id = int(first.stdout.strip())
     stack.s3.delete_object(Bucket="uploads", Key=PREFIX + DELETED)
