@@ -1,6 +1,6 @@
 """Throughput of one exported ONNX model in-process (ONNX Runtime) vs served by the local Triton server.
 
-    python bench/serving.py [--checkpoint gamma-local-b0] [--concurrency 1 2 4] [--seconds 10]
+    python bench/serving.py [--checkpoint gamma-local-effl0] [--concurrency 1 2 4] [--seconds 10]
 
 Both sides run the same ``model.onnx`` with ONNX Runtime on this machine's cores: in-process, client threads share
 one session; served, client threads share one ``TritonBackend`` and Triton's python backend runs the session

@@ -1,6 +1,6 @@
 """Export a GAMMA checkpoint into a Triton model repository: ONNX + parity check + config.pbtxt + metadata.
 
-    python deploy/export_triton.py [--checkpoint gamma-local-b0] [--out model_repository/]
+    python deploy/export_triton.py [--checkpoint gamma-local-effl0] [--out model_repository/]
         [--backend onnxruntime|tensorrt|python] [--max-batch 8] [--model-name NAME] [--force]
 
 Layout written (nothing at all if the parity check fails):

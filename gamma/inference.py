@@ -245,8 +245,8 @@ def read_limited(path: str | Path, limits: PreprocessLimits = DEFAULT_LIMITS) ->
 class Detector:
     """Classifies image files or bytes with a backend: preprocess (parallel), batch, infer, judge.
 
-    >>> detector = Detector.from_checkpoint("gamma-local-b0")     # doctest: +SKIP
-    >>> detector = Detector.from_onnx("model_repository/gamma-local-b0/1")  # doctest: +SKIP
+    >>> detector = Detector.from_checkpoint("gamma-local-effl0")     # doctest: +SKIP
+    >>> detector = Detector.from_onnx("model_repository/gamma-local-effl0/1")  # doctest: +SKIP
     >>> [r.to_dict() for r in detector.classify_files(["a.jpg"])]  # doctest: +SKIP
     """
 

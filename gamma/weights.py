@@ -38,7 +38,7 @@ METADATA_FILE = "metadata.json"
 
 # Where checkpoints are found by name: $GAMMA_MODEL_PATH (os.pathsep-separated), then the repository's models/.
 REPO_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-DEFAULT_MODEL = "gamma-local-b0"
+DEFAULT_MODEL = "gamma-local-effl0"
 
 
 class WeightsError(ValueError):

@@ -5,10 +5,13 @@ Rules (the same for every model; ``metadata.json`` records what they gave):
 - ``ai_probability``: the lowest threshold at which at most ``target_fpr`` (5 %) of the validation *real* images
   score at or above it (:func:`training.metrics.threshold_at_fpr`), i.e. the operating point trust-and-safety
   teams ask for: few real photos called AI.
-- ``review_band``: the half-width ``b`` of the band around that threshold inside which an image is
-  ``needs-review``. Each validation image outside the band that is on the wrong side costs 1, each image inside
-  costs ``review_cost`` (0.25: a human look is cheaper than a wrong automatic verdict, not free); ``b`` minimises
-  the mean cost over a grid of 0.00 .. 0.30 (step 0.01), clipped so the band stays inside (0, 1).
+- ``review_band``: ``needs-review`` covers the band of width ``2b`` just *below* that threshold, so the
+  ``ai-generated`` verdict keeps exactly the validated false-positive rate (the config stores the band's centre,
+  ``threshold - b``, as ``ai_probability`` and ``b`` as ``review_band``; :func:`gamma.verdict.judge` calls
+  ``ai-generated`` from ``centre + b`` up). Each validation image below the band that is AI costs 1, each real image
+  above it costs 1, each image inside costs ``review_cost`` (0.25: a human look is cheaper than a wrong automatic
+  verdict, not free); ``b`` minimises the mean cost over a grid of 0.00 .. 0.30 (step 0.01), the band kept inside
+  [0, 1].
 - The mask thresholds stay as trained (``mask_pixel`` 0.5, ``manipulated_area`` 1 %).
 
 Scores come from the serving contract (:mod:`gamma.preprocess`, the 512 centre crop), exactly as production sees
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,8 +48,8 @@ class Calibration:
     thresholds: VerdictThresholds
     count: int
     real_count: int
-    fpr_at_threshold: float  # share of real images at or above ai_probability
-    tpr_at_threshold: float
+    fpr_at_threshold: float  # share of real images at or above the ai-generated threshold (centre + band)
+    tpr_at_threshold: float  # share of AI images there
     ai_verdict_fpr: float  # share of real images called ai-generated (above the band)
     review_share: float  # share of all images inside the band
     error_outside_band: float  # wrong automatic verdicts among images outside the band
@@ -72,23 +76,24 @@ def calibrate(
     s = np.asarray(scores, dtype=np.float64)
     if y.size == 0 or not (y == 0).any():
         raise ValueError("calibration needs validation images with real (label 0) examples")
-    threshold = float(np.clip(threshold_at_fpr(y, s, target_fpr), 1e-6, 1 - 1e-6))
-    limit = min(threshold, 1.0 - threshold)
-    bands = [float(b) for b in BAND_GRID if b < limit] or [0.0]
-    band = min(bands, key=lambda b: (_band_cost(y, s, threshold, b, review_cost), b))
+    upper = float(np.clip(threshold_at_fpr(y, s, target_fpr), 1e-6, 1 - 1e-6))  # ai-generated from here up
+    bands = [float(b) for b in BAND_GRID if upper - 2 * b >= 0.0] or [0.0]
+    band = min(bands, key=lambda b: (_band_cost(y, s, upper - b, b, review_cost), b))
     base = base or VerdictThresholds()
-    thresholds = dataclasses.replace(base, ai_probability=round(threshold, 6), review_band=band)
+    # rounded *up* to 1e-6 (a readable config), so the ai-generated edge never slips below the validated threshold
+    centre = math.ceil((upper - band) * 1e6) / 1e6
+    thresholds = dataclasses.replace(base, ai_probability=centre, review_band=band)
     real, ai = s[y == 0], s[y == 1]
-    inside = np.abs(s - threshold) < band
+    inside = np.abs(s - centre) < band
     outside = ~inside
-    wrong = outside & ((s >= threshold) != (y == 1))
+    wrong = outside & ((s >= centre) != (y == 1))
     return Calibration(
         thresholds=thresholds,
         count=int(y.size),
         real_count=int(real.size),
-        fpr_at_threshold=float((real >= threshold).mean()),
-        tpr_at_threshold=float((ai >= threshold).mean()) if ai.size else float("nan"),
-        ai_verdict_fpr=float((real >= threshold + band).mean()),
+        fpr_at_threshold=float((real >= upper).mean()),
+        tpr_at_threshold=float((ai >= upper).mean()) if ai.size else float("nan"),
+        ai_verdict_fpr=float((real >= centre + band).mean()),
         review_share=float(inside.mean()),
         error_outside_band=float(wrong.sum() / max(outside.sum(), 1)),
         ece=expected_calibration_error(y, s),
@@ -125,6 +130,8 @@ def main(argv: list[str] | None = None) -> Calibration:
     parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint folder (rewritten in place)")
     parser.add_argument("--data", type=Path, required=True, help="validation manifest (.jsonl) or folder")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--scores", type=Path, default=None,
+                        help="a JSON file of labels and scores: read it if it exists, else write it after inference")
     args = parser.parse_args(argv)
     import torch
 
@@ -132,7 +139,13 @@ def main(argv: list[str] | None = None) -> Calibration:
 
     torch.set_num_threads(args.threads)
     directory = resolve_checkpoint(args.checkpoint)
-    labels, scores = scores_through_contract(directory, args.data)
+    if args.scores is not None and args.scores.is_file():
+        saved = json.loads(args.scores.read_text())
+        labels, scores = np.asarray(saved["labels"]), np.asarray(saved["scores"])
+    else:
+        labels, scores = scores_through_contract(directory, args.data)
+        if args.scores is not None:
+            args.scores.write_text(json.dumps({"labels": labels.tolist(), "scores": scores.tolist()}) + "\n")
     result = calibrate(labels, scores)
     write_calibration(directory, result, str(args.data))
     print(json.dumps(result.to_dict(), indent=2))

@@ -44,7 +44,7 @@ from rich.table import Table
 from tqdm import tqdm
 
 from gamma.model import GammaModel, upsample_mask
-from gamma.weights import load_checkpoint
+from gamma.weights import DEFAULT_MODEL, load_checkpoint
 from training.data import datasets
 from training.data.builders import ViewSpec
 from training.data.datasets import GammaDataset, Sample
@@ -332,7 +332,7 @@ def evaluate(
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", default="gamma-local-b0", help="a model name (models/<name>) or a folder")
+    parser.add_argument("--checkpoint", default=DEFAULT_MODEL, help="a model name (models/<name>) or a folder")
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--split", default="val", help="GenImage split folder")
     parser.add_argument("--json", type=Path, default=None, help="write the report here")

@@ -1,4 +1,4 @@
-"""Train a GAMMA detector: ``python training/train.py --preset local-b0|paper-b2 [--data D] [--out O] [--resume]``.
+"""Train a GAMMA detector: ``python training/train.py --preset local-effl0|paper-b2 [--data D] [--out O] [--resume]``.
 
 The paper's recipe: L = 2 (BCE cls + BCE AI mask) + BCE manipulation mask; AdamW lr 1e-4; batch 16 (by gradient
 accumulation); every epoch a fresh random share of the data; early stopping on validation accuracy (min delta 0.01,
@@ -262,7 +262,7 @@ class Trainer:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Train a GAMMA detector (see training/MODEL_CARD.md).")
-    parser.add_argument("--preset", default="local-b0", help="training/presets/<name>.toml, or a path to a TOML")
+    parser.add_argument("--preset", default="local-effl0", help="training/presets/<name>.toml, or a path to a TOML")
     parser.add_argument("--data", type=Path, default=None, help="manifest folder or data root (overrides the preset)")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default runs/<preset>)")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")

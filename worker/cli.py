@@ -186,7 +186,7 @@ def _wait(settings: Settings, scan_id: int, source_uri: str, console: Console, t
 @click.argument("target", required=False)
 @click.option("--db", "db_url", default=None, help="Database URL [env GAMMA_DB_URL; default sqlite:///gamma.db].")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image on stdout (progress on stderr).")
-@click.option("--model", default=None, help="Checkpoint name or folder [env GAMMA_MODEL; default gamma-local-b0].")
+@click.option("--model", default=None, help="Checkpoint name or folder [env GAMMA_MODEL; default gamma-local-effl0].")
 @click.option("--masks", "masks_url", default=None, help="Mask folder or s3://bucket/prefix [default ./masks].")
 @click.option("--chunk-size", type=click.IntRange(1), default=None, help="Images per chunk [env GAMMA_CHUNK_SIZE].")
 @click.option("--full", is_flag=True, help="Re-infer every object (default: reuse results of this model version).")

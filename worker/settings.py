@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 ENV_PREFIX = "GAMMA_"
 # Equal to gamma.weights.DEFAULT_MODEL (a unit test checks it). Not imported from there: gamma.weights loads
 # torch, which would add ~1.5 CPU seconds to every gamma-submit, a process that never runs the model.
-DEFAULT_MODEL = "gamma-local-b0"
+DEFAULT_MODEL = "gamma-local-effl0"
 MAX_PRESIGN_S = 7 * 24 * 3600  # the longest a SigV4 presigned URL may be valid
 
 

@@ -184,7 +184,7 @@ def test_malformed_batch_is_rejected_before_sending(backend: TritonBackend) -> N
         backend.infer(CROPS[:1, :, :256])
 
 
-# The shipped model (models/gamma-local-b0), exported by the README's command and served like a deployment would.
+# The shipped model (models/gamma-local-effl0), exported by the README's command and served like a deployment would.
 
 
 @pytest.fixture(scope="module")

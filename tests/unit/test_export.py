@@ -240,7 +240,7 @@ def test_missing_default_checkpoint_is_a_clear_error(
     monkeypatch.setattr(gamma.weights, "REPO_MODELS_DIR", tmp_path / "no-models")
     monkeypatch.delenv("GAMMA_MODEL_PATH", raising=False)
     assert export_triton.main(["--out", str(tmp_path / "repo")]) != 0
-    assert "gamma-local-b0" in capsys.readouterr().err
+    assert gamma.weights.DEFAULT_MODEL in capsys.readouterr().err
     assert not (tmp_path / "repo").exists()
 
 

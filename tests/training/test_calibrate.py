@@ -1,0 +1,88 @@
+"""training/calibrate.py: the ai-generated verdict keeps the validated false-positive rate, the review band sits
+just below it and is chosen by cost, and the thresholds land in the checkpoint's config."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from gamma.verdict import Verdict, judge
+from training.calibrate import Calibration, calibrate, main, write_calibration
+
+NO_MASK = np.zeros((4, 4), dtype=np.uint8)
+
+
+def _scores(seed: int = 0, n: int = 400, overlap: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = np.r_[np.zeros(n // 2, int), np.ones(n // 2, int)]
+    scores = np.clip(np.r_[rng.beta(2, 5, n // 2), rng.beta(5, 2, n // 2)] + overlap * rng.normal(0, 0.1, n), 0, 1)
+    return labels, scores
+
+
+def _verdicts(result: Calibration, scores: np.ndarray) -> list[Verdict]:
+    return [judge(p, NO_MASK, NO_MASK, result.thresholds).verdict for p in scores]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ai_verdicts_on_real_images_stay_within_the_target_rate(seed: int) -> None:
+    labels, scores = _scores(seed)
+    result = calibrate(labels, scores)
+    verdicts = np.array(_verdicts(result, scores))
+    called_ai = verdicts == Verdict.AI_GENERATED
+    assert called_ai[labels == 0].mean() <= 0.05
+    assert result.ai_verdict_fpr == pytest.approx(called_ai[labels == 0].mean())
+    assert result.fpr_at_threshold == pytest.approx(result.ai_verdict_fpr)  # the band sits below the threshold
+    assert result.review_share == pytest.approx((verdicts == Verdict.NEEDS_REVIEW).mean())
+    t = result.thresholds
+    assert 0.0 <= t.ai_probability - t.review_band and t.ai_probability + t.review_band <= 1.0
+
+
+def test_band_grows_when_scores_overlap_and_vanishes_when_they_do_not() -> None:
+    separated = calibrate(np.r_[np.zeros(100, int), np.ones(100, int)], np.r_[np.full(100, 0.1), np.full(100, 0.9)])
+    assert separated.thresholds.review_band == 0.0 and separated.error_outside_band == 0.0
+    labels, scores = _scores(0, overlap=3.0)
+    assert calibrate(labels, scores).thresholds.review_band > 0.0
+
+
+def test_a_costlier_review_narrows_the_band() -> None:
+    labels, scores = _scores(1, overlap=2.0)
+    cheap = calibrate(labels, scores, review_cost=0.05).thresholds.review_band
+    dear = calibrate(labels, scores, review_cost=0.9).thresholds.review_band
+    assert cheap >= dear
+
+
+def test_needs_real_images() -> None:
+    with pytest.raises(ValueError, match="real"):
+        calibrate([1, 1], [0.2, 0.9])
+
+
+def test_thresholds_are_written_into_the_checkpoint_and_read_back(tmp_path) -> None:
+    from gamma.model import GammaModel
+    from gamma.weights import load_checkpoint, save_checkpoint
+    from tests.fixtures.models import MICRO_CONFIG
+
+    save_checkpoint(GammaModel(MICRO_CONFIG), tmp_path / "m", {"name": "m", "version": 1})
+    labels, scores = _scores(0)
+    result = calibrate(labels, scores)
+    write_calibration(tmp_path / "m", result, "val.jsonl")
+    loaded = load_checkpoint(tmp_path / "m")
+    assert loaded.config.thresholds == result.thresholds
+    assert loaded.metadata["calibration"]["thresholds"] == result.thresholds.to_dict()
+    assert loaded.metadata["version"] == 1  # the rest of the metadata stays
+
+
+def test_cli_reuses_saved_scores_without_inference(tmp_path) -> None:
+    from gamma.model import GammaModel
+    from gamma.weights import load_checkpoint, save_checkpoint
+    from tests.fixtures.models import MICRO_CONFIG
+
+    save_checkpoint(GammaModel(MICRO_CONFIG), tmp_path / "m", {"name": "m", "version": 1})
+    labels, scores = _scores(2)
+    saved = tmp_path / "scores.json"
+    saved.write_text(json.dumps({"labels": labels.tolist(), "scores": scores.tolist()}))
+    result = main(["--checkpoint", str(tmp_path / "m"), "--data", str(tmp_path / "absent.jsonl"),
+                   "--scores", str(saved), "--threads", "1"])  # fmt: skip
+    expected = calibrate(labels, scores).thresholds
+    assert load_checkpoint(tmp_path / "m").config.thresholds == result.thresholds == expected
