@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -25,17 +24,15 @@ def pattern_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_training_learns_the_artefact(pattern_data: Path, tmp_path: Path) -> None:
     torch.set_num_threads(2)
-    started = time.time()
+    # no wall-clock bound here: speed belongs in bench/, the suite must pass on a busy machine
     summary = train.main(["--preset", "local-b0", "--data", str(pattern_data), "--out", str(tmp_path / "run"),
                           "--set", "max_epochs=14", *FAST])  # fmt: skip
-    seconds = time.time() - started
     history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
     first, last = history[0]["train"]["loss"], min(h["train"]["loss"] for h in history[-3:])
     assert last < 0.8 * first, f"training loss did not drop: {first:.3f} -> {last:.3f}"
     val = summary["metrics"]["val"]
     assert val["accuracy"] >= 0.75, f"val accuracy {val['accuracy']:.2f} (chance 0.5)"
     assert val["roc_auc"] >= 0.85
-    assert seconds < 90, f"smoke training took {seconds:.0f} s"
     checkpoint = load_checkpoint(tmp_path / "run" / "checkpoint")
     assert checkpoint.version == 1 and checkpoint.metadata["preset"] == "local-b0"
     assert checkpoint.metadata["data_counts"] == {"train": 48, "val": 24}
