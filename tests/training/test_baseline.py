@@ -11,8 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from gamma.weights import WeightsError, imagenet_encoder_file
-from tests.training.planted import write_two_class_set
+from tests.training.planted import require_frozen_encoder, write_two_class_set
 from training import baseline
 from training.data import datasets
 from training.evaluate import content_only
@@ -22,12 +21,7 @@ CROP = 96  # small crops keep the frozen encoder at a few ms per image; the cast
 
 @pytest.fixture(scope="module")
 def lite0() -> None:
-    pytest.importorskip("sklearn")
-    try:
-        imagenet_encoder_file(baseline.DEFAULT_VARIANT)
-    except WeightsError as exc:
-        pytest.skip(str(exc))
-    torch.set_num_threads(1)
+    require_frozen_encoder()
 
 
 @pytest.fixture(scope="module")

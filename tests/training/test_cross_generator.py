@@ -9,11 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from gamma.weights import WeightsError, imagenet_encoder_file
-from tests.training.planted import CASTS, row, write_image, write_manifest
-from training import baseline, cross_generator
+from tests.training.planted import CASTS, require_frozen_encoder, row, write_image, write_manifest
+from training import cross_generator
 from training.cross_generator import generator_of
 
 # generator -> (ComfyUI template stem, colour cast); the manifests carry no "generator" field, so it is derived
@@ -79,12 +77,7 @@ def test_leave_one_out_excludes_the_generator_from_training(recipe: Path) -> Non
 
 
 def test_end_to_end_with_the_baseline(recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("sklearn")
-    try:
-        imagenet_encoder_file(baseline.DEFAULT_VARIANT)
-    except WeightsError as exc:
-        pytest.skip(str(exc))
-    torch.set_num_threads(1)
+    require_frozen_encoder()
     out = tmp_path / "cross.json"
     cross_generator.main(["--data", str(recipe), "--json", str(out), "--top", "2", "--min-sources", "7", "--crop",
                           "96", "--threads", "1", "--no-progress", "--out", str(tmp_path / "runs"), "--baseline",
