@@ -192,6 +192,7 @@ def _mit(name: str, widths: tuple[int, ...], depths: tuple[int, ...], decoder: i
 
 _WIDE = (64, 128, 320, 512)
 
+
 def _efficientnet_lite(name: str, variant: str, decoder: int) -> GammaConfig:
     return GammaConfig(
         name=name,

@@ -22,8 +22,9 @@ import torch
 from gamma import wire
 from gamma.config import GammaConfig
 from gamma.model.serving import ServingModel
-from gamma.preprocess import DEFAULT_LIMITS, ImageRejected, PreprocessLimits, preprocess
-from gamma.verdict import Judgement, VerdictThresholds, judge
+from gamma.preprocess import DEFAULT_LIMITS, ImageRejected, PreprocessLimits, Tiles, preprocess
+from gamma.tiling import MASK_STRIDE, Coverage, TileOutputs, combine_tiles, parse_coverage
+from gamma.verdict import Judgement, VerdictThresholds, decide
 from gamma.weights import DEFAULT_MODEL, METADATA_FILE, WeightsError, load_checkpoint
 
 T = TypeVar("T")
@@ -42,7 +43,7 @@ class BatchOutputs:
 
 
 class InferenceBackend(Protocol):
-    """Something that runs GAMMA on a batch of uint8 crops (B, 3, 512, 512)."""
+    """Something that runs GAMMA on a batch of uint8 tiles (B, 3, H, W), one tile shape per batch."""
 
     model_name: str
     model_version: int
@@ -195,19 +196,48 @@ class UnreadableSource(OSError):
 
 @dataclass
 class ImageResult:
-    """One image's outcome: a judgement with its masks, or the reason it could not be judged."""
+    """One image's outcome: a judgement with its full-image masks (uint8 at MASK_STRIDE, zero where no tile
+    looked) and what its tiles covered, or the reason it could not be judged."""
 
     source: str
     judgement: Judgement | None = None
     ai_mask: np.ndarray | None = field(default=None, repr=False)
     manipulation_mask: np.ndarray | None = field(default=None, repr=False)
     error: ImageRejected | UnreadableSource | None = None
+    tiles: TileOutputs | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, object]:
         if self.judgement is None:
             assert self.error is not None
             return {"source": self.source, "verdict": "error", "reason": self.error.reason, "detail": self.error.detail}
-        return {"source": self.source, **self.judgement.to_dict()}
+        coverage = self.tiles.summary() if self.tiles is not None else {}
+        return {"source": self.source, **self.judgement.to_dict(), **coverage}
+
+
+def infer_tiles(backend: InferenceBackend, images: Sequence[Tiles]) -> list[TileOutputs]:
+    """Every tile of ``images`` through ``backend``, tiles of different images batched together (one tile shape
+    per batch, at most ``max_batch_size``), then each image's tiles combined (:func:`gamma.tiling.combine_tiles`)."""
+    by_shape: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for image, tiles in enumerate(images):
+        shape = tuple(tiles.pixels.shape[-2:])
+        by_shape.setdefault(shape, []).extend((image, tile) for tile in range(len(tiles)))  # type: ignore[arg-type]
+    probability = [np.empty(len(t), dtype=np.float32) for t in images]
+    ai = [
+        np.empty((len(t), t.plan.tile_height // MASK_STRIDE, t.plan.tile_width // MASK_STRIDE), np.uint8)
+        for t in images
+    ]
+    manipulation = [np.empty_like(a) for a in ai]
+    for members in by_shape.values():
+        for batch in _batches(members, backend.max_batch_size):
+            outputs = backend.infer(np.stack([images[image].pixels[tile] for image, tile in batch]))
+            for row, (image, tile) in enumerate(batch):
+                probability[image][tile] = outputs.probability[row]
+                ai[image][tile] = outputs.ai_mask[row]
+                manipulation[image][tile] = outputs.manipulation_mask[row]
+    mask_pixel = backend.thresholds.mask_pixel
+    return [
+        combine_tiles(tiles.plan, probability[i], ai[i], manipulation[i], mask_pixel) for i, tiles in enumerate(images)
+    ]
 
 
 def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
@@ -251,22 +281,34 @@ class Detector:
     """
 
     def __init__(
-        self, backend: InferenceBackend, limits: PreprocessLimits = DEFAULT_LIMITS, workers: int = 2
+        self,
+        backend: InferenceBackend,
+        limits: PreprocessLimits = DEFAULT_LIMITS,
+        workers: int = 2,
+        coverage: Coverage | str | None = None,
     ) -> None:
         self.backend = backend
         self.limits = limits
         self.workers = workers
+        self.coverage = parse_coverage(coverage)
 
     @classmethod
-    def from_checkpoint(cls, name_or_path: str | Path = DEFAULT_MODEL, device: str = "cpu") -> Detector:
-        return cls(TorchBackend.from_checkpoint(name_or_path, device))
+    def from_checkpoint(
+        cls, name_or_path: str | Path = DEFAULT_MODEL, device: str = "cpu", coverage: Coverage | str | None = None
+    ) -> Detector:
+        return cls(TorchBackend.from_checkpoint(name_or_path, device), coverage=coverage)
 
     @classmethod
     def from_onnx(
-        cls, path: str | Path, thresholds: VerdictThresholds | None = None, max_batch_size: int = 8, threads: int = 0
+        cls,
+        path: str | Path,
+        thresholds: VerdictThresholds | None = None,
+        max_batch_size: int = 8,
+        threads: int = 0,
+        coverage: Coverage | str | None = None,
     ) -> Detector:
         """An exported version (its ``model.onnx`` or version folder), judged with its metadata's thresholds."""
-        return cls(OnnxBackend.from_export(path, thresholds, max_batch_size, threads))
+        return cls(OnnxBackend.from_export(path, thresholds, max_batch_size, threads), coverage=coverage)
 
     @property
     def chunk_size(self) -> int:
@@ -274,14 +316,14 @@ class Detector:
         preprocessing worker busy. Bounds what is in memory at once (``chunk_size`` x ``max_bytes`` at most)."""
         return max(self.backend.max_batch_size, self.workers)
 
-    def _preprocess(self, data: bytes) -> np.ndarray | ImageRejected:
+    def _preprocess(self, data: bytes) -> Tiles | ImageRejected:
         try:
-            return preprocess(data, self.limits)
+            return preprocess(data, self.limits, self.coverage)
         except ImageRejected as rejected:
             return rejected
 
-    def _load_file(self, path: str | Path) -> np.ndarray | ImageRejected | UnreadableSource:
-        """Read and preprocess in the same worker thread, so a file's bytes are dropped as soon as it is cropped."""
+    def _load_file(self, path: str | Path) -> Tiles | ImageRejected | UnreadableSource:
+        """Read and preprocess in the same worker thread, so a file's bytes are dropped as soon as it is tiled."""
         try:
             data = read_limited(path, self.limits)
         except (ImageRejected, UnreadableSource) as error:
@@ -289,25 +331,22 @@ class Detector:
         return self._preprocess(data)
 
     def _judge(
-        self, sources: Sequence[str], crops: Sequence[np.ndarray | ImageRejected | UnreadableSource]
+        self, sources: Sequence[str], prepared: Sequence[Tiles | ImageRejected | UnreadableSource]
     ) -> list[ImageResult]:
-        """Batches the valid crops through the backend; results in the order of ``sources``."""
+        """Batches the valid images' tiles through the backend; results in the order of ``sources``."""
         results = [ImageResult(source) for source in sources]
-        valid = []
-        for index, crop in enumerate(crops):
-            if isinstance(crop, ImageRejected | UnreadableSource):
-                results[index].error = crop
+        valid: list[tuple[int, Tiles]] = []
+        for index, item in enumerate(prepared):
+            if isinstance(item, ImageRejected | UnreadableSource):
+                results[index].error = item
             else:
-                valid.append((index, crop))
-        for batch in _batches(valid, self.backend.max_batch_size):
-            outputs = self.backend.infer(np.stack([crop for _, crop in batch]))
-            for row, (index, _) in enumerate(batch):
-                result = results[index]
-                result.ai_mask = outputs.ai_mask[row]
-                result.manipulation_mask = outputs.manipulation_mask[row]
-                result.judgement = judge(
-                    outputs.probability[row], result.ai_mask, result.manipulation_mask, self.backend.thresholds
-                )
+                valid.append((index, item))
+        thresholds = self.backend.thresholds
+        for (index, _), outputs in zip(valid, infer_tiles(self.backend, [tiles for _, tiles in valid])):
+            result = results[index]
+            result.tiles = outputs
+            result.ai_mask, result.manipulation_mask = outputs.ai_mask, outputs.manipulation_mask
+            result.judgement = decide(outputs.probability, outputs.ai_area, outputs.manipulated_area, thresholds)
         return results
 
     def classify_bytes(self, items: Sequence[tuple[str, bytes]]) -> list[ImageResult]:
@@ -330,4 +369,3 @@ class Detector:
     def classify_files(self, paths: Iterable[str | Path]) -> list[ImageResult]:
         """:meth:`iter_files` collected into a list."""
         return list(self.iter_files(paths))
-

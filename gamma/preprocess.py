@@ -1,15 +1,22 @@
-"""The one image preprocessing contract: encoded bytes -> (3, 512, 512) uint8 RGB, CHW.
+"""The one image preprocessing contract (v2): encoded bytes -> the tiles the model sees, uint8 RGB, CHW.
 
 Training, evaluation, export parity tests and serving all call this module, so that a model never sees pixels
 prepared differently from those it was trained on. The reference definition is :func:`preprocess_reference`:
 
-    decode_rgb -> resize_short_side (upsizes only) -> align_format (JPEG q96 round trip) -> center_crop -> CHW
+    decode_rgb -> [too-small below tiling.MIN_SIDE] -> align_format (JPEG q96 round trip) -> the tiles of
+    tiling.plan_tiles(width, height, coverage) -> (N, 3, tile_height, tile_width)
 
-*Format alignment* re-encodes every image as a JPEG at quality 96 before cropping (as in the GAMMA paper), so a
-PNG cannot look different from a JPEG of the same pixels. :func:`preprocess` returns exactly the same bytes
-faster: it round-trips only an MCU-aligned window around the crop, and for large JPEGs it decodes the source
-only down to the rows that window needs (see :mod:`gamma._fast_jpeg` for why that is bit-identical; the unit
-tests check it). Everything uses Pillow's bundled libjpeg-turbo, so reference and fast path share one codec.
+*No resampling.* Pixels reach the model at their own resolution: large images are tiled, small ones run whole
+(cut to the encoder's stride), and nothing is ever upsized or downsized (:mod:`gamma.tiling` says why).
+
+*Format alignment* re-encodes every image as a JPEG at quality 96 before cutting tiles. The GAMMA paper applies
+this to its PNG-stored generated training images, so that the lossless format of one class is not a shortcut
+(real photos arrive as JPEGs). The contract applies it to every input, at training and serving alike: a PNG then
+cannot look different from a JPEG of the same pixels, and the model sees the same kind of pixels it was trained
+on whatever the upload's format. :func:`preprocess` returns exactly the same bytes faster: it round-trips only an
+MCU-aligned window around the tiles, and for JPEGs it decodes the source only down to the rows that window needs
+(see :mod:`gamma._fast_jpeg` for why that is bit-identical; the unit tests check it). Everything uses Pillow's
+bundled libjpeg-turbo, so reference and fast path share one codec.
 
 Untrusted input only ever raises :class:`ImageRejected` (a ``MemoryError`` of the host still propagates).
 """
@@ -29,30 +36,27 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from gamma import _fast_jpeg
+from gamma import _fast_jpeg, tiling
 
 __all__ = [
-    "CROP_SIZE", "DEFAULT_LIMITS", "JPEG_QUALITY", "JPEG_SUBSAMPLING", "REJECTION_REASONS", "ImageRejected",
-    "PreprocessLimits", "align_format", "center_crop", "decode_rgb", "heif_available", "prepare_rgb", "preprocess",
-    "preprocess_fast", "preprocess_reference", "random_crop", "resize_short_side", "to_chw", "warn_if_no_heif",
+    "DEFAULT_LIMITS", "JPEG_QUALITY", "JPEG_SUBSAMPLING", "REJECTION_REASONS", "ImageRejected", "PreprocessLimits",
+    "Tiles", "align_format", "center_crop", "decode_rgb", "heif_available", "prepare_rgb", "preprocess",
+    "preprocess_fast", "preprocess_reference", "random_crop", "to_chw", "warn_if_no_heif",
 ]  # fmt: skip
 
-CROP_SIZE = 512
 JPEG_QUALITY = 96
 # 4:2:0 is what Pillow/libjpeg pick for a plain ``save(quality=96)`` (the paper's alignment) and what camera
 # JPEGs use; 4:4:4 would keep chroma detail that most real uploads never had.
 JPEG_SUBSAMPLING = "4:2:0"
 ALIGN_MCU = 16  # MCU size at 4:2:0: the grid the fast path's window must follow
-# Upsizing only (never downsizing), so no antialiasing question arises; bicubic rings less than Lanczos.
-RESIZE_FILTER = Image.Resampling.BICUBIC
 JPEG_MAX_SIDE = 65_500  # libjpeg cannot encode a larger side, so format alignment cannot either
 
 REJECTION_REASONS = (
     "empty",  # zero bytes
     "too-many-bytes",  # over PreprocessLimits.max_bytes
     "too-many-pixels",  # declared size over PreprocessLimits.max_pixels (checked before decoding)
-    "too-small",  # a zero-sized image
-    "extreme-aspect-ratio",  # upsizing would exceed max_pixels, or a side exceeds JPEG's 65,500
+    "too-small",  # a side under tiling.MIN_SIDE (zero-sized included): too few pixels to judge
+    "extreme-aspect-ratio",  # a side over JPEG's 65,500, which format alignment cannot encode
     "truncated",  # the file ends early
     "undecodable",  # corrupt data, or not an image at all
     "unsupported-format",  # an image format (or pixel mode) this contract does not accept
@@ -402,31 +406,21 @@ def align_format(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> np.ndarray:
     return np.array(_jpeg_roundtrip(Image.fromarray(rgb), quality))
 
 
-def _resized_size(width: int, height: int, min_side: int) -> tuple[int, int]:
-    short = min(width, height)
-    if short >= min_side:
-        return width, height
-    # round(side * min_side / short) in integers: the short side becomes exactly min_side
-    return (width * min_side + short // 2) // short, (height * min_side + short // 2) // short
+def _check_tileable(width: int, height: int) -> None:
+    """The contract's size rules on an upright image: at least MIN_SIDE on each side, at most JPEG's limit."""
+    if min(width, height) < tiling.MIN_SIDE:
+        raise ImageRejected("too-small", f"{width}x{height} image: sides under {tiling.MIN_SIDE} px are not judged")
+    if max(width, height) > JPEG_MAX_SIDE:
+        raise ImageRejected("extreme-aspect-ratio", f"{width}x{height}: a side over {JPEG_MAX_SIDE} cannot be aligned")
 
 
-def resize_short_side(rgb: np.ndarray, min_side: int = CROP_SIZE) -> np.ndarray:
-    """Upsizes (bicubic) so the short side is ``min_side``, keeping the aspect; larger images are returned as is."""
-    _check_rgb(rgb)
-    size = _resized_size(rgb.shape[1], rgb.shape[0], min_side)
-    return rgb if size == (rgb.shape[1], rgb.shape[0]) else np.array(Image.fromarray(rgb).resize(size, RESIZE_FILTER))
-
-
-def _center_box(width: int, height: int, size: int) -> _fast_jpeg.Box:
+def center_crop(rgb: np.ndarray, size: int) -> np.ndarray:
+    """The centre ``size`` x ``size`` (floor offsets); ValueError if the image is smaller (never padded)."""
+    height, width = rgb.shape[:2]
     if width < size or height < size:
         raise ValueError(f"{width}x{height} image is smaller than the {size}x{size} crop")
     left, top = (width - size) // 2, (height - size) // 2  # floor: an odd margin leaves the extra pixel after
-    return left, top, left + size, top + size
-
-
-def center_crop(rgb: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
-    left, top, right, bottom = _center_box(rgb.shape[1], rgb.shape[0], size)
-    return rgb[top:bottom, left:right]
+    return rgb[top : top + size, left : left + size]
 
 
 def random_crop(rgb: np.ndarray, size: int, rng: np.random.Generator, padding: int = 1) -> np.ndarray:
@@ -441,6 +435,31 @@ def to_chw(rgb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(rgb.transpose(2, 0, 1))
 
 
+@dataclass
+class Tiles:
+    """What the model sees of one image: ``pixels`` uint8 (N, 3, tile_height, tile_width), the plan's tiles in
+    order, cut from the format-aligned image at its own resolution."""
+
+    pixels: np.ndarray
+    plan: tiling.TilePlan
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+
+def _bounding_box(boxes: tuple[_fast_jpeg.Box, ...]) -> _fast_jpeg.Box:
+    return min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)
+
+
+def _cut(aligned: np.ndarray, plan: tiling.TilePlan, origin: tuple[int, int] = (0, 0)) -> Tiles:
+    """The plan's tiles from an aligned region whose top-left is ``origin`` in image coordinates."""
+    x0, y0 = origin
+    tiles = np.stack(
+        [aligned[top - y0 : bottom - y0, left - x0 : right - x0] for left, top, right, bottom in plan.boxes]
+    )
+    return Tiles(np.ascontiguousarray(tiles.transpose(0, 3, 1, 2)), plan)
+
+
 def _aligned_crop(img: Image.Image, box: _fast_jpeg.Box) -> np.ndarray:
     """align_format(img) cropped to ``box``, computed by round-tripping only an MCU-aligned window around it."""
     window = _fast_jpeg.align_window(*img.size, box, mcu=ALIGN_MCU, margin=ALIGN_MCU)
@@ -449,35 +468,30 @@ def _aligned_crop(img: Image.Image, box: _fast_jpeg.Box) -> np.ndarray:
     return np.asarray(aligned.crop((left, top, left + box[2] - box[0], top + box[3] - box[1])))
 
 
-def _check_aligned_size(width: int, height: int, limits: PreprocessLimits) -> tuple[int, int]:
-    size = _resized_size(width, height, CROP_SIZE)
-    if size[0] * size[1] > limits.max_pixels or max(size) > JPEG_MAX_SIDE:
-        raise ImageRejected("extreme-aspect-ratio", f"{width}x{height} would be aligned at {size[0]}x{size[1]}")
-    return size
+def _prepare(img: Image.Image, coverage: tiling.Coverage | str) -> Tiles:
+    _check_tileable(*img.size)
+    plan = tiling.plan_tiles(*img.size, coverage)
+    box = _bounding_box(plan.boxes)
+    return _cut(_aligned_crop(img, box), plan, box[:2])
 
 
-def _prepare(img: Image.Image, limits: PreprocessLimits) -> np.ndarray:
-    size = _check_aligned_size(*img.size, limits)
-    if size != img.size:
-        img = img.resize(size, RESIZE_FILTER)
-    return to_chw(_aligned_crop(img, _center_box(*size, CROP_SIZE)))
-
-
-def prepare_rgb(rgb: np.ndarray, limits: PreprocessLimits = DEFAULT_LIMITS) -> np.ndarray:
-    """The contract from already-decoded upright RGB: resize -> align -> center crop -> (3, 512, 512) CHW."""
+def prepare_rgb(rgb: np.ndarray, coverage: tiling.Coverage | str = tiling.DEFAULT_COVERAGE) -> Tiles:
+    """The contract from already-decoded upright RGB: align -> the coverage's tiles (no resampling)."""
     _check_rgb(rgb)
-    return _prepare(Image.fromarray(rgb), limits)
+    return _prepare(Image.fromarray(rgb), coverage)
 
 
-def preprocess_reference(data: bytes, limits: PreprocessLimits = DEFAULT_LIMITS) -> np.ndarray:
+def preprocess_reference(
+    data: bytes, limits: PreprocessLimits = DEFAULT_LIMITS, coverage: tiling.Coverage | str = tiling.DEFAULT_COVERAGE
+) -> Tiles:
     """The definition, step by step on whole images (slow; tests and benchmarks compare against it)."""
     rgb = decode_rgb(data, limits)
-    _check_aligned_size(rgb.shape[1], rgb.shape[0], limits)
-    return to_chw(center_crop(align_format(resize_short_side(rgb))))
+    _check_tileable(rgb.shape[1], rgb.shape[0])
+    return _cut(align_format(rgb), tiling.plan_tiles(rgb.shape[1], rgb.shape[0], coverage))
 
 
-def _jpeg_fast(data: bytes, limits: PreprocessLimits) -> np.ndarray | None:
-    """Large JPEGs: decode only down to the rows the crop window needs. None where that does not apply."""
+def _jpeg_fast(data: bytes, limits: PreprocessLimits, coverage: tiling.Coverage | str) -> Tiles | None:
+    """JPEGs: decode only down to the rows the tiles' window needs. None where that does not apply."""
     with _rejections(data):
         im = _open(data, limits)
         header = _fast_jpeg.frame_header(data) if im.format in ("JPEG", "MPO") else None
@@ -489,11 +503,10 @@ def _jpeg_fast(data: bytes, limits: PreprocessLimits) -> np.ndarray | None:
             return None
         orientation, (width, height) = _orientation(im), im.size
         upright = (height, width) if orientation >= 5 else (width, height)
-        if min(upright) < CROP_SIZE:
-            return None  # needs upsizing: the whole image is needed anyway
-        _check_aligned_size(*upright, limits)
-        crop = _center_box(*upright, CROP_SIZE)
-        window = _fast_jpeg.align_window(*upright, crop, mcu=ALIGN_MCU, margin=ALIGN_MCU)
+        _check_tileable(*upright)
+        plan = tiling.plan_tiles(*upright, coverage)
+        tiles_box = _bounding_box(plan.boxes)
+        window = _fast_jpeg.align_window(*upright, tiles_box, mcu=ALIGN_MCU, margin=ALIGN_MCU)
         box = _fast_jpeg.source_box(window, orientation, width, height)
         mcu_rows = 8 * max(v for _, _, v, _ in im.layer)
         rows = -(-box[3] // mcu_rows) * mcu_rows + 2 * mcu_rows
@@ -508,17 +521,20 @@ def _jpeg_fast(data: bytes, limits: PreprocessLimits) -> np.ndarray | None:
         region = _to_rgb(im.crop(box))
         if orientation != 1:
             region = region.transpose(_fast_jpeg.TRANSPOSITIONS[orientation])
-        left, top = crop[0] - window[0], crop[1] - window[1]  # region is the window, already on the MCU grid
-        aligned = _jpeg_roundtrip(region).crop((left, top, left + CROP_SIZE, top + CROP_SIZE))
-        return to_chw(np.asarray(aligned))
+        aligned = np.asarray(_jpeg_roundtrip(region))  # region is the window, already on the MCU grid
+        return _cut(aligned, plan, window[:2])
 
 
-def preprocess_fast(data: bytes, limits: PreprocessLimits = DEFAULT_LIMITS) -> np.ndarray:
-    """Bit-identical to preprocess_reference (tested), without round-tripping or decoding whole images."""
-    crop = _jpeg_fast(data, limits) if data[:3] == b"\xff\xd8\xff" else None
-    return crop if crop is not None else _prepare(_decode(data, limits), limits)
+def preprocess_fast(
+    data: bytes, limits: PreprocessLimits = DEFAULT_LIMITS, coverage: tiling.Coverage | str = tiling.DEFAULT_COVERAGE
+) -> Tiles:
+    """Bit-identical to preprocess_reference (tested), without round-tripping or decoding more than the tiles need."""
+    tiles = _jpeg_fast(data, limits, coverage) if data[:3] == b"\xff\xd8\xff" else None
+    return tiles if tiles is not None else _prepare(_decode(data, limits), coverage)
 
 
-def preprocess(data: bytes, limits: PreprocessLimits = DEFAULT_LIMITS) -> np.ndarray:
-    """Encoded bytes -> (3, 512, 512) uint8 RGB CHW, per the contract above. Raises only ImageRejected."""
-    return preprocess_fast(data, limits)
+def preprocess(
+    data: bytes, limits: PreprocessLimits = DEFAULT_LIMITS, coverage: tiling.Coverage | str = tiling.DEFAULT_COVERAGE
+) -> Tiles:
+    """Encoded bytes -> the :class:`Tiles` the model sees, per the contract above. Raises only ImageRejected."""
+    return preprocess_fast(data, limits, coverage)

@@ -89,9 +89,15 @@ def judge(
 ) -> Judgement:
     """Verdict for one image from its AI probability and its two mask probability maps (H,W)."""
     t = thresholds or VerdictThresholds()
+    return decide(probability, mask_area(ai_mask, t.mask_pixel), mask_area(manipulation_mask, t.mask_pixel), t)
+
+
+def decide(
+    probability: float, ai_area: float, manipulated_area: float, thresholds: VerdictThresholds | None = None
+) -> Judgement:
+    """Verdict from the AI probability and the flagged shares of the two masks (over the pixels the model saw)."""
+    t = thresholds or VerdictThresholds()
     probability = float(probability)
-    ai_area = mask_area(ai_mask, t.mask_pixel)
-    manipulated_area = mask_area(manipulation_mask, t.mask_pixel)
     if abs(probability - t.ai_probability) < t.review_band:
         verdict = Verdict.NEEDS_REVIEW
     elif probability >= t.ai_probability:

@@ -306,9 +306,7 @@ class Checkpoint:
         return int(self.metadata.get("version", 1))
 
 
-def save_checkpoint(
-    model: GammaModel, directory: str | Path, metadata: dict[str, Any] | None = None
-) -> Path:
+def save_checkpoint(model: GammaModel, directory: str | Path, metadata: dict[str, Any] | None = None) -> Path:
     """Write ``model.safetensors`` + ``config.json`` (+ ``metadata.json``) into ``directory``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

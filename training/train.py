@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from gamma.config import preset as model_preset
 from gamma.model import GammaModel
-from gamma.weights import load_encoder_weights, save_checkpoint
+from gamma.weights import load_checkpoint, load_encoder_weights, save_checkpoint
 from training import distributed
 from training.config import TrainConfig, load_splits
 from training.data.datasets import GammaDataset, Sample
@@ -135,6 +135,14 @@ class Trainer:
         tmp = self.out / (STATE_FILE + ".tmp")
         torch.save(state, tmp)
         tmp.replace(self.out / STATE_FILE)
+
+    def init_from(self, name_or_path: str) -> None:
+        """The weights of an existing checkpoint of the same model preset (refused on any key or shape mismatch)."""
+        checkpoint = load_checkpoint(name_or_path, self.info.device)
+        if checkpoint.config.name != self.model.config.name:
+            have, want = checkpoint.config.name, self.model.config.name
+            raise ValueError(f"{name_or_path} is a {have} model; this preset trains {want}")
+        self.model.load_state_dict(checkpoint.model.state_dict())
 
     def load_state(self) -> bool:
         path = self.out / STATE_FILE
@@ -266,6 +274,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=None, help="manifest folder or data root (overrides the preset)")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default runs/<preset>)")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    parser.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                        help="start from this GAMMA checkpoint's weights (name or folder; same model preset), "
+                             "with a fresh optimiser and early stopping: fine-tuning, e.g. to a new contract")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads per process")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a [train] value, e.g. --set max_minutes=5")  # fmt: skip
@@ -297,6 +308,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(json.dumps({"preset": args.preset, "counts": {k: len(v) for k, v in splits.items()},
                               "device": str(info.device), "world_size": info.world_size}), flush=True)  # fmt: skip
         trainer = Trainer(config, splits, out, info, Path(args.preset).stem, progress=not args.no_progress)
+        if args.init_from and not (args.resume and (out / STATE_FILE).is_file()):
+            trainer.init_from(args.init_from)
         if args.resume and trainer.load_state() and info.is_main:
             print(f"resumed from {out / STATE_FILE} at epoch {trainer.epoch}", flush=True)
         return trainer.finish(trainer.fit())

@@ -77,9 +77,7 @@ class GammaModel(nn.Module):
         self.encoder = build_encoder(config)
         stage_widths = config.hidden_sizes
         self.ai_decoder = AllMLPDecoder(stage_widths, config.decoder_hidden_size, config.decoder_dropout_prob)
-        self.manipulation_decoder = AllMLPDecoder(
-            stage_widths, config.decoder_hidden_size, config.decoder_dropout_prob
-        )
+        self.manipulation_decoder = AllMLPDecoder(stage_widths, config.decoder_hidden_size, config.decoder_dropout_prob)
         self.cls_projection = nn.Linear(stage_widths[-1], config.cls_hidden_size)
         self.ai_attention = ReverseCrossAttention(
             config.decoder_hidden_size, config.cls_hidden_size, config.reverse_attention_heads

@@ -155,6 +155,15 @@ def _resize_masks(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     )
 
 
+def _pad_to(both: np.ndarray, size: int) -> np.ndarray:
+    """Zero padding (bottom/right) up to ``size`` on each side, never resampling: a batch needs one shape. Only
+    images smaller than a training crop are padded (none in the local recipe, whose short sides are >= 200)."""
+    height, width = both.shape[:2]
+    if height >= size and width >= size:
+        return both
+    return np.pad(both, ((0, max(size - height, 0)), (0, max(size - width, 0)), (0, 0)))
+
+
 class GammaDataset(torch.utils.data.Dataset):
     """Sample -> (image (3,S,S) uint8, label float, AI mask (1,S,S) float, manipulation mask (1,S,S) float).
 
@@ -195,13 +204,13 @@ class GammaDataset(torch.utils.data.Dataset):
             rgb, masks = self.augment(rgb, masks, self._rng(index))
         if self.degrade is not None:
             rgb = np.ascontiguousarray(self.degrade(rgb))
-        rgb = contract.resize_short_side(rgb, contract.CROP_SIZE)
-        masks = _resize_masks(masks, (rgb.shape[1], rgb.shape[0]))
+        if masks.shape[:2] != rgb.shape[:2]:  # a degrade that changed the size: masks follow (nearest)
+            masks = _resize_masks(masks, (rgb.shape[1], rgb.shape[0]))
         return contract.align_format(rgb), masks, sample.label
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         rgb, masks, label = self.load(index)
-        both = np.concatenate([rgb, masks], -1)
+        both = _pad_to(np.concatenate([rgb, masks], -1), self.crop)
         if self.train:
             both = contract.random_crop(both, self.crop, self._rng(index), padding=self.padding)
         else:
