@@ -40,7 +40,7 @@ from gamma import _fast_jpeg, tiling
 
 __all__ = [
     "DEFAULT_LIMITS", "JPEG_QUALITY", "JPEG_SUBSAMPLING", "REJECTION_REASONS", "ImageRejected", "PreprocessLimits",
-    "Tiles", "align_format", "center_crop", "decode_rgb", "heif_available", "prepare_rgb", "preprocess",
+    "Tiles", "align_format", "center_crop", "cut_tiles", "decode_rgb", "heif_available", "prepare_rgb", "preprocess",
     "preprocess_fast", "preprocess_reference", "random_crop", "to_chw", "warn_if_no_heif",
 ]  # fmt: skip
 
@@ -451,7 +451,7 @@ def _bounding_box(boxes: tuple[_fast_jpeg.Box, ...]) -> _fast_jpeg.Box:
     return min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)
 
 
-def _cut(aligned: np.ndarray, plan: tiling.TilePlan, origin: tuple[int, int] = (0, 0)) -> Tiles:
+def cut_tiles(aligned: np.ndarray, plan: tiling.TilePlan, origin: tuple[int, int] = (0, 0)) -> Tiles:
     """The plan's tiles from an aligned region whose top-left is ``origin`` in image coordinates."""
     x0, y0 = origin
     tiles = np.stack(
@@ -472,7 +472,7 @@ def _prepare(img: Image.Image, coverage: tiling.Coverage | str) -> Tiles:
     _check_tileable(*img.size)
     plan = tiling.plan_tiles(*img.size, coverage)
     box = _bounding_box(plan.boxes)
-    return _cut(_aligned_crop(img, box), plan, box[:2])
+    return cut_tiles(_aligned_crop(img, box), plan, box[:2])
 
 
 def prepare_rgb(rgb: np.ndarray, coverage: tiling.Coverage | str = tiling.DEFAULT_COVERAGE) -> Tiles:
@@ -487,7 +487,7 @@ def preprocess_reference(
     """The definition, step by step on whole images (slow; tests and benchmarks compare against it)."""
     rgb = decode_rgb(data, limits)
     _check_tileable(rgb.shape[1], rgb.shape[0])
-    return _cut(align_format(rgb), tiling.plan_tiles(rgb.shape[1], rgb.shape[0], coverage))
+    return cut_tiles(align_format(rgb), tiling.plan_tiles(rgb.shape[1], rgb.shape[0], coverage))
 
 
 def _jpeg_fast(data: bytes, limits: PreprocessLimits, coverage: tiling.Coverage | str) -> Tiles | None:
@@ -522,7 +522,7 @@ def _jpeg_fast(data: bytes, limits: PreprocessLimits, coverage: tiling.Coverage 
         if orientation != 1:
             region = region.transpose(_fast_jpeg.TRANSPOSITIONS[orientation])
         aligned = np.asarray(_jpeg_roundtrip(region))  # region is the window, already on the MCU grid
-        return _cut(aligned, plan, window[:2])
+        return cut_tiles(aligned, plan, window[:2])
 
 
 def preprocess_fast(
