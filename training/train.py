@@ -274,9 +274,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=None, help="manifest folder or data root (overrides the preset)")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default runs/<preset>)")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
-    parser.add_argument("--init-from", default=None, metavar="CHECKPOINT",
-                        help="start from this GAMMA checkpoint's weights (name or folder; same model preset), "
-                             "with a fresh optimiser and early stopping: fine-tuning, e.g. to a new contract")
+    parser.add_argument(
+        "--init-from",
+        default=None,
+        metavar="CHECKPOINT",
+        help="start from this GAMMA checkpoint's weights (name or folder; same model preset), "
+        "with a fresh optimiser and early stopping: fine-tuning, e.g. to a new contract",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads per process")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a [train] value, e.g. --set max_minutes=5")  # fmt: skip

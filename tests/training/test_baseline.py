@@ -16,8 +16,6 @@ from training import baseline
 from training.data import datasets
 from training.evaluate import content_only
 
-CROP = 96  # small crops keep the frozen encoder at a few ms per image; the cast is global
-
 
 @pytest.fixture(scope="module")
 def lite0() -> None:
@@ -32,7 +30,7 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_frozen_baseline_finds_the_planted_signal(lite0: None, planted: Path) -> None:
     splits = baseline.load_manifests(planted)
-    extractor = baseline.FeatureExtractor(crop=CROP, batch_size=8)
+    extractor = baseline.FeatureExtractor(batch_size=8)
     report = baseline.frozen_baseline(
         splits["train"], splits["val"], splits["test"], extractor=extractor, content_size=32
     )
@@ -56,21 +54,28 @@ def test_cli_writes_json_and_prints_a_table(
     lite0: None, planted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "baseline.json"
-    baseline.main(["--data", str(planted), "--json", str(out), "--crop", str(CROP), "--threads", "1",
+    baseline.main(["--data", str(planted), "--json", str(out), "--coverage", "full", "--threads", "1",
                    "--no-content-control", "--no-progress"])  # fmt: skip
     report = json.loads(out.read_text())
     assert report["test"]["count"] == 12 and "content_only" not in report
     assert "ROC-AUC" in capsys.readouterr().out
 
 
-def test_features_follow_the_serving_contract(lite0: None, planted: Path) -> None:
-    """The extractor sees what evaluate.py's GammaDataset yields (center crop after the contract)."""
+def test_features_follow_the_serving_contract(lite0: None, planted: Path, tmp_path: Path) -> None:
+    """The extractor sees what serving sees (gamma.preprocess tiles), pooled per tile and averaged over tiles."""
+    from gamma.preprocess import preprocess
+
     sample = datasets.manifest(planted / "test.jsonl")[0]
-    extractor = baseline.FeatureExtractor(crop=CROP)
-    images = datasets.GammaDataset([sample], crop=CROP)[0][0][None]
-    with torch.no_grad():
-        expected = extractor.model.encoder(extractor.model.normalise(images))[-1].mean(dim=(2, 3))[0].numpy()
-    np.testing.assert_allclose(extractor([sample])[0], expected, rtol=1e-5, atol=1e-5)
+    large = tmp_path / "large.png"  # 600x300: two 512x288 tiles under full coverage
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (300, 600, 3), dtype=np.uint8)).save(large)
+    extractor = baseline.FeatureExtractor(coverage="full")
+    for image in (sample.image, large):
+        tiles = preprocess(Path(image).read_bytes(), coverage="full").pixels
+        with torch.no_grad():
+            stage4 = extractor.model.encoder(extractor.model.normalise(torch.from_numpy(tiles)))[-1]
+        expected = stage4.mean(dim=(2, 3)).mean(dim=0).numpy()
+        got = extractor([datasets.Sample(Path(image), 0)])[0]
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def _high_frequency(rgb: np.ndarray) -> float:

@@ -79,8 +79,8 @@ def test_leave_one_out_excludes_the_generator_from_training(recipe: Path) -> Non
 def test_end_to_end_with_the_baseline(recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     require_frozen_encoder()
     out = tmp_path / "cross.json"
-    cross_generator.main(["--data", str(recipe), "--json", str(out), "--top", "2", "--min-sources", "7", "--crop",
-                          "96", "--threads", "1", "--no-progress", "--out", str(tmp_path / "runs"), "--baseline",
+    cross_generator.main(["--data", str(recipe), "--json", str(out), "--top", "2", "--min-sources", "7", "--coverage",
+                          "centre", "--threads", "1", "--no-progress", "--out", str(tmp_path / "runs"), "--baseline",
                           "--independent", str(recipe / "test.jsonl")])  # fmt: skip
     report = json.loads(out.read_text())
     # the ordinary-split baseline rides along on the same feature cache; on the same test set it scores the same

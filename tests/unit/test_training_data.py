@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from gamma.model import GammaOutput
-from gamma.preprocess import CROP_SIZE
+from gamma.tiling import TILE_SIZE
 from training.augment import Augment
 from training.config import TrainConfig
 from training.data import builders, datasets, sources
@@ -123,7 +123,8 @@ def test_genimage_and_plain_eval_layouts(tmp_path: Path) -> None:
 
 
 def test_dataset_follows_the_contract_and_keeps_masks_aligned(tmp_path: Path) -> None:
-    """Mask pixels travel with image pixels through upsizing, alignment, crop and flip."""
+    """Mask pixels travel with image pixels through alignment, crop and flip; nothing is resampled: a crop larger
+    than the image is zero-padded (bottom/right) around the image's own pixels."""
     image = np.zeros((256, 320, 3), np.uint8)
     image[:, :160] = 255  # left half white, like the mask
     Image.fromarray(image).save(tmp_path / "a.png")
@@ -132,7 +133,8 @@ def test_dataset_follows_the_contract_and_keeps_masks_aligned(tmp_path: Path) ->
     val = datasets.GammaDataset([sample], crop=512)
     img, label, ai, mani = val[0]
     assert img.shape == (3, 512, 512) and img.dtype == torch.uint8 and label.item() == 1.0
-    assert ai.shape == mani.shape == (1, 512, 512) and mani.min() == 1.0
+    assert ai.shape == mani.shape == (1, 512, 512) and mani[:, :256, :320].min() == 1.0
+    assert img[:, 256:].max() == 0 and img[:, :, 320:].max() == 0 and mani[:, 256:].max() == 0  # padding only
     white = img.float().mean(0) > 127
     assert (white == (ai[0] > 0.5)).float().mean() > 0.99
     flip = Augment(blur_prob=0, jpeg_prob=0, jitter_prob=0, flip_prob=1.0)
@@ -145,12 +147,18 @@ def test_dataset_follows_the_contract_and_keeps_masks_aligned(tmp_path: Path) ->
 
 
 def test_contract_is_the_serving_preprocess(tmp_path: Path) -> None:
-    """Validation tensors are exactly what serving computes from the same bytes."""
+    """Evaluation's tiles are exactly what serving computes from the same bytes, in every coverage mode, and the
+    masks come back at the image's own size."""
     from gamma.preprocess import preprocess
 
-    path = _image(tmp_path / "x.jpg", (700, 600))
-    img, *_ = datasets.GammaDataset([datasets.Sample(path, 0)], crop=512)[0]
-    assert np.array_equal(img.numpy(), preprocess(path.read_bytes()))
+    for size in ((1300, 900), (300, 200)):
+        path = _image(tmp_path / f"x{size[0]}.jpg", size)
+        dataset = datasets.GammaDataset([datasets.Sample(path, 0)])
+        for coverage in ("centre", "five", "full"):
+            tiles, masks, label = dataset.tiles(0, coverage)
+            served = preprocess(path.read_bytes(), coverage=coverage)
+            assert np.array_equal(tiles.pixels, served.pixels) and tiles.plan == served.plan
+            assert masks.shape == (size[1], size[0], 2) and label == 0
 
 
 def test_random_masks_and_copy_move_only_move_real_pixels() -> None:
@@ -203,11 +211,11 @@ def test_loss_weights_are_two_two_one() -> None:
 
 
 def test_a_preset_without_crops_trains_and_validates_on_the_serving_crop(tmp_path: Path) -> None:
-    """Unless a preset says otherwise (local-b0 trains at 192 for speed), crops are the contract's CROP_SIZE."""
+    """Unless a preset says otherwise (local-b0 trains at 192 for speed), crops are the contract's TILE_SIZE."""
     path = tmp_path / "plain.toml"
     path.write_text('name = "plain"\n[train]\nlr = 2e-4\n')
     config = TrainConfig.from_toml(path)
-    assert (config.train_crop, config.val_crop, config.lr) == (CROP_SIZE, CROP_SIZE, 2e-4)
+    assert (config.train_crop, config.val_crop, config.lr) == (TILE_SIZE, TILE_SIZE, 2e-4)
 
 
 def test_comfyui_rule_keeps_generated_stills_only() -> None:

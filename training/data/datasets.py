@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from gamma import preprocess as contract
+from gamma.tiling import MIN_SIDE, TILE_SIZE, Coverage, parse_coverage, plan_tiles
 from training.augment import Augment
 from training.labels import label_of
 
@@ -167,14 +168,17 @@ def _pad_to(both: np.ndarray, size: int) -> np.ndarray:
 class GammaDataset(torch.utils.data.Dataset):
     """Sample -> (image (3,S,S) uint8, label float, AI mask (1,S,S) float, manipulation mask (1,S,S) float).
 
-    The pipeline is the serving contract with training's crop: decode -> [augment | degrade] -> resize_short_side
-    -> align_format (JPEG-96) -> random crop (1-px padding) for training, center crop otherwise. Augmentations (and
-    evaluation's fixed ``degrade``) run before alignment: they stand for what happened to an image before it reached
-    us. ``degrade`` may change the image size; masks follow.
+    The pipeline is the serving contract (v2: no resampling) with training's crop: decode -> [augment | degrade]
+    -> align_format (JPEG-96) -> a random ``S`` crop (1-px padding) for training, the centre ``S`` crop for
+    training-time validation. Images smaller than ``S`` are zero-padded, never upsized (a batch needs one shape).
+    :meth:`tiles` gives what serving sees instead: the coverage's native-resolution tiles of the whole image, which
+    is how :mod:`training.evaluate` and :mod:`training.calibrate` score. Augmentations (and evaluation's fixed
+    ``degrade``) run before alignment: they stand for what happened to an image before it reached us. ``degrade``
+    may change the image size; masks follow.
     """
 
     def __init__(
-        self, samples: Sequence[Sample], crop: int = contract.CROP_SIZE, train: bool = False,
+        self, samples: Sequence[Sample], crop: int = TILE_SIZE, train: bool = False,
         augment: Augment | None = None, seed: int = 0, padding: int = 1,
         degrade: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:  # fmt: skip
@@ -207,6 +211,15 @@ class GammaDataset(torch.utils.data.Dataset):
         if masks.shape[:2] != rgb.shape[:2]:  # a degrade that changed the size: masks follow (nearest)
             masks = _resize_masks(masks, (rgb.shape[1], rgb.shape[0]))
         return contract.align_format(rgb), masks, sample.label
+
+    def tiles(self, index: int, coverage: Coverage | str | None = None) -> tuple[contract.Tiles, np.ndarray, int]:
+        """Serving's view of sample ``index``: its :class:`~gamma.preprocess.Tiles` under ``coverage``, the
+        full-image masks (H, W, 2) uint8 and the label. Raises ImageRejected (``too-small``) as serving would."""
+        rgb, masks, label = self.load(index)
+        height, width = rgb.shape[:2]
+        if min(height, width) < MIN_SIDE:
+            raise contract.ImageRejected("too-small", f"{width}x{height} image")
+        return contract.cut_tiles(rgb, plan_tiles(width, height, parse_coverage(coverage))), masks, label
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         rgb, masks, label = self.load(index)

@@ -59,7 +59,7 @@ def format_features(path: Path) -> np.ndarray:
         is_jpeg = im.format == "JPEG"
         q_level = float(np.mean(im.quantization[0])) if is_jpeg else 0.0
         subsampling = float(getattr(im, "layer", [(0, 1, 1, 0)])[0][1]) if is_jpeg else 2.0
-    aligned = contract.align_format(contract.resize_short_side(contract.decode_rgb(data)))
+    aligned = contract.align_format(contract.decode_rgb(data))  # the contract never resamples
     return np.concatenate([[float(is_jpeg), q_level, subsampling], blockiness_signature(aligned)])
 
 
