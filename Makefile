@@ -65,18 +65,22 @@ train-data: setup
 	$(PY) -m training.data.local_recipe
 
 # Train the shipped preset, choose its thresholds on validation, then measure it on the test split
-# (training/MODEL_CARD.md). RUN is the run folder; the checkpoint lands in $(RUN)/checkpoint.
+# (training/MODEL_CARD.md). RUN is the run folder; the checkpoint lands in $(RUN)/checkpoint. TRAIN_INIT=checkpoint
+# fine-tunes from that model instead of ImageNet (the shipped model: TRAIN_INIT=models/gamma-local-effl0).
 TRAIN_PRESET ?= local-effl0
 RUN ?= runs/$(TRAIN_PRESET)
+TRAIN_INIT ?=
 RECIPE := training/data/cache/local-v1
 train: train-data
 	mkdir -p $(RUN)
-	$(PY) training/train.py --preset $(TRAIN_PRESET) --out $(RUN) --no-progress 2>&1 | tee $(RUN).log
+	$(PY) training/train.py --preset $(TRAIN_PRESET) --out $(RUN) $(if $(TRAIN_INIT),--init-from $(TRAIN_INIT)) \
+	    --no-progress 2>&1 | tee $(RUN).log
 	$(PY) training/calibrate.py --checkpoint $(RUN)/checkpoint --data $(RECIPE)/val.jsonl
 	$(PY) training/evaluate.py --checkpoint $(RUN)/checkpoint --data $(RECIPE)/test.jsonl \
 	    --json $(RUN)/eval_test.json --plots $(RUN)/plots --robustness-limit 4
 
-# The same recipe on a GPU host for a fixed few minutes (bf16, channels_last, 512 crops): make train-gpu OUT=folder
+# The same recipe on a GPU host for a fixed few minutes (bf16, channels_last, native-resolution crops):
+# make train-gpu OUT=folder
 OUT ?= runs/gpu-effl0
 train-gpu: train-data
 	mkdir -p $(OUT)
