@@ -5,13 +5,15 @@
 
 What it does, on a CUDA host:
 1. A random-init ``--preset`` (throughput does not depend on the weights) is exported by the repository's exporter
-   (``deploy/export_triton.py``: ONNX, dynamic batch, CPU parity gate) into a model repository (``--out``, else a
-   temporary folder). ``ort-trt``: ``--backend onnxruntime``, whose config.pbtxt asks Triton's ONNX Runtime for the
-   TensorRT execution provider with FP16 and an engine cache; ``trtexec``: ``--backend tensorrt`` and the engine is
-   built here with the same shapes and flags as ``deploy/templates/build_engine.sh`` (``model.plan``).
+   (``deploy/export_triton.py``: ONNX, dynamic batch and tile size, CPU parity gate) into a model repository
+   (``--out``, else a temporary folder). ``ort-trt``: ``--backend onnxruntime``, whose config.pbtxt asks Triton's
+   ONNX Runtime for the TensorRT execution provider with FP16 and an engine cache; ``trtexec``: ``--backend
+   tensorrt`` and the engine is built here with the same shapes and flags as ``deploy/templates/build_engine.sh``
+   (``model.plan``).
 2. ``ort-trt``: ONNX Runtime's ``TensorrtExecutionProvider`` (fp16, engine + timing cache in ``--cache-dir``, one
-   optimisation profile 1..max(--batches)) runs the same ``model.onnx`` in-process, inputs already on the GPU
-   (I/O binding), so the numbers are the model's, not PCIe's; a second column feeds the batch from host memory.
+   optimisation profile from the smallest tile at batch 1 to full 512x512 tiles at max(--batches), as served) runs
+   the same ``model.onnx`` in-process on full tiles, inputs already on the GPU (I/O binding), so the numbers are
+   the model's, not PCIe's; a second column feeds the batch from host memory.
    ``trtexec``: ``trtexec --loadEngine ... --useCudaGraph --noDataTransfers`` per batch size, its ``Throughput``.
 3. Per batch size it prints ms per batch, images/s, achieved TFLOPs and the fraction of the GPU's dense fp16 peak.
    FLOPs per image are counted by ``bench/model_cost.py`` (2 x multiply-accumulates of what the model executes,
@@ -103,16 +105,34 @@ def parse_trtexec_throughput(output: str) -> float:
     return float(found[-1])
 
 
+def tile_dims() -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(smallest, full) tile dims (3, H, W) the served model takes: a TensorRT profile's min, and its opt/max.
+
+    The exported graph's H and W are dynamic (contract v2 tiles); a TensorRT engine needs them concrete, over the
+    same range as ``deploy/templates/build_engine.sh``. The bench measures full 512x512 tiles.
+    """
+    from deploy.triton_config import MAX_TILE_SIDE, MIN_TILE_SIDE
+    from gamma import wire
+
+    return wire.IMAGES.concrete(MIN_TILE_SIDE, MIN_TILE_SIDE), wire.IMAGES.concrete(MAX_TILE_SIDE, MAX_TILE_SIDE)
+
+
 def shape_spec(input_name: str, batch: int, dims: Sequence[int]) -> str:
     """TensorRT's ``name:BxCxHxW`` shape notation (ONNX Runtime's trt_profile_* options and trtexec use it)."""
     return f"{input_name}:{batch}x" + "x".join(str(d) for d in dims)
 
 
 def trt_provider_options(
-    cache_dir: Path, input_name: str, dims: Sequence[int], max_batch: int, fp16: bool = True
+    cache_dir: Path,
+    input_name: str,
+    dims: Sequence[int],
+    max_batch: int,
+    fp16: bool = True,
+    min_dims: Sequence[int] | None = None,
 ) -> dict[str, str]:
-    """TensorRT execution provider options: FP16, engine and timing caches, one profile from 1 to ``max_batch``
-    (optimised for ``max_batch``: this bench is about throughput)."""
+    """TensorRT execution provider options: FP16, engine and timing caches, one profile from ``min_dims`` (default
+    ``dims``) at batch 1 to ``dims`` at ``max_batch`` (optimised for ``max_batch``: this bench is about
+    throughput). Dims are (3, H, W), concrete."""
     return {
         "trt_fp16_enable": "True" if fp16 else "False",
         "trt_engine_cache_enable": "True",
@@ -121,22 +141,30 @@ def trt_provider_options(
         "trt_timing_cache_path": str(cache_dir),
         "trt_max_workspace_size": str(8 << 30),
         "trt_builder_optimization_level": "3",
-        "trt_profile_min_shapes": shape_spec(input_name, 1, dims),
+        "trt_profile_min_shapes": shape_spec(input_name, 1, dims if min_dims is None else min_dims),
         "trt_profile_opt_shapes": shape_spec(input_name, max_batch, dims),
         "trt_profile_max_shapes": shape_spec(input_name, max_batch, dims),
     }
 
 
 def trtexec_build_command(
-    trtexec: str, onnx: Path, plan: Path, input_name: str, dims: Sequence[int], max_batch: int, fp16: bool = True
+    trtexec: str,
+    onnx: Path,
+    plan: Path,
+    input_name: str,
+    dims: Sequence[int],
+    max_batch: int,
+    fp16: bool = True,
+    min_dims: Sequence[int] | None = None,
 ) -> list[str]:
-    """The engine build of deploy/templates/build_engine.sh (same flags), optimised for ``max_batch``."""
+    """The engine build of deploy/templates/build_engine.sh (same flags), optimised for ``max_batch`` x ``dims``;
+    the profile starts at ``min_dims`` (default ``dims``) at batch 1."""
     return [
         trtexec,
         f"--onnx={onnx}",
         f"--saveEngine={plan}",
         *(["--fp16"] if fp16 else []),
-        f"--minShapes={shape_spec(input_name, 1, dims)}",
+        f"--minShapes={shape_spec(input_name, 1, dims if min_dims is None else min_dims)}",
         f"--optShapes={shape_spec(input_name, max_batch, dims)}",
         f"--maxShapes={shape_spec(input_name, max_batch, dims)}",
     ]
@@ -198,10 +226,11 @@ def bench_ort_trt(
     cache_dir.mkdir(parents=True, exist_ok=True)
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    smallest, full = tile_dims()
     providers = [
         (
             "TensorrtExecutionProvider",
-            trt_provider_options(cache_dir, wire.IMAGES.name, wire.IMAGES.shape, max(batches), fp16),
+            trt_provider_options(cache_dir, wire.IMAGES.name, full, max(batches), fp16, min_dims=smallest),
         ),
         "CUDAExecutionProvider",
     ]
@@ -242,7 +271,10 @@ def bench_trtexec(
     from gamma import wire
 
     started = time.perf_counter()
-    build = trtexec_build_command(trtexec, onnx_path, plan, wire.IMAGES.name, wire.IMAGES.shape, max(batches), fp16)
+    smallest, full = tile_dims()
+    build = trtexec_build_command(
+        trtexec, onnx_path, plan, wire.IMAGES.name, full, max(batches), fp16, min_dims=smallest
+    )
     done = subprocess.run(build, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"trtexec engine build failed ({done.returncode}):\n{done.stdout[-3000:]}{done.stderr}")
@@ -251,7 +283,7 @@ def bench_trtexec(
         command = [
             trtexec,
             f"--loadEngine={plan}",
-            f"--shapes={shape_spec(wire.IMAGES.name, batch, wire.IMAGES.shape)}",
+            f"--shapes={shape_spec(wire.IMAGES.name, batch, full)}",
             f"--duration={max(1, round(seconds))}",
             "--warmUp=500",
             "--useCudaGraph",
@@ -309,7 +341,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     import onnxruntime as ort
 
     from deploy.export_triton import ExportOptions, export_to_repository
-    from gamma import wire
 
     _preload_tensorrt_libraries()
     engine = args.engine
@@ -328,7 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     device = torch.cuda.get_device_name(0)
     peak = args.peak_tflops or peak_tflops_for(device)
-    size = wire.IMAGES.shape[-1]
+    _, full = tile_dims()
+    size = full[-1]  # full tiles, square
     gflops = flops_per_image(args.preset, size)
     fp16 = not args.fp32
     print(f"# {device}; dense fp16 peak {f'{peak:g} TFLOPs' if peak else 'unknown (pass --peak-tflops)'}")
@@ -348,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         exported = export_to_repository(checkpoint, repository, options, log=lambda line: print(f"# {line}"))
         onnx_path = exported.version_dir / "model.onnx"
-        crops = np.random.default_rng(0).integers(0, 256, (8, *wire.IMAGES.shape), dtype=np.uint8)
+        crops = np.random.default_rng(0).integers(0, 256, (8, *full), dtype=np.uint8)
         if engine == "ort-trt":
             results = bench_ort_trt(onnx_path, args.batches, args.seconds, args.cache_dir, crops, fp16)
         else:

@@ -34,6 +34,7 @@ from pathlib import Path
 from deploy.onnx_export import (
     DEFAULT_OPSET,
     PARITY_BATCHES,
+    PARITY_SHAPES,
     ExportError,
     ExportResult,
     ParityError,
@@ -41,7 +42,16 @@ from deploy.onnx_export import (
     check_parity,
     export_onnx,
 )
-from deploy.triton_config import BACKENDS, Backend, InstanceKind, ModelSettings, render_config, thresholds_param
+from deploy.triton_config import (
+    BACKENDS,
+    MAX_TILE_SIDE,
+    MIN_TILE_SIDE,
+    Backend,
+    InstanceKind,
+    ModelSettings,
+    render_config,
+    thresholds_param,
+)
 from gamma import wire
 from gamma.model.serving import ServingModel
 from gamma.weights import DEFAULT_MODEL, METADATA_FILE, Checkpoint, WeightsError, load_checkpoint
@@ -69,6 +79,7 @@ class ExportOptions:
     max_queue_delay_us: int = 2000
     opset: int = DEFAULT_OPSET
     parity_batches: tuple[int, ...] = PARITY_BATCHES
+    parity_shapes: tuple[tuple[int, int], ...] = PARITY_SHAPES  # tile (height, width) at which parity runs
     trt_fp16: bool = True
     trt_cache_dir: str = "/tmp/triton-trt-cache"
 
@@ -126,11 +137,14 @@ def _write_backend_files(version_dir: Path, name: str, version: int, options: Ex
         shutil.copyfile(TEMPLATES / "python_model.py", version_dir / "model.py")
     elif options.backend == "tensorrt":
         template = string.Template((TEMPLATES / "build_engine.sh").read_text())
+        # One optimisation profile over every tile the contract sends: the smallest tile at batch 1 up to full
+        # tiles at the largest batch, tuned for full tiles (most of any large image's tiles are).
         script = template.substitute(
             model_name=name,
             version=version,
             input_name=wire.IMAGES.name,
-            input_dims="x".join(str(d) for d in wire.IMAGES.shape),
+            min_dims="x".join(str(d) for d in wire.IMAGES.concrete(MIN_TILE_SIDE, MIN_TILE_SIDE)),
+            input_dims="x".join(str(d) for d in wire.IMAGES.concrete(MAX_TILE_SIDE, MAX_TILE_SIDE)),
             opt_batch=max(1, options.max_batch_size // 2),
             max_batch=options.max_batch_size,
             precision_flag="--fp16" if options.trt_fp16 else "",
@@ -202,7 +216,7 @@ def export_to_repository(
         onnx = export_onnx(serving, staging / "model.onnx", options.opset, max_batch=max(options.max_batch_size, 4))
         how = onnx.exporter + (f" (dynamo failed: {onnx.fallback_reason})" if onnx.fallback_reason else "")
         log(f"exported ONNX with the {how} exporter, opset {onnx.opset}, in {time.perf_counter() - started:.1f} s")
-        parity = check_parity(serving, onnx.path, options.parity_batches)
+        parity = check_parity(serving, onnx.path, options.parity_batches, shapes=options.parity_shapes)
         if not parity.ok:
             raise ParityError(f"ONNX Runtime disagrees with PyTorch: {parity.summary()}")
         log(f"parity ok: {parity.summary()}")

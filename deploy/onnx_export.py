@@ -1,7 +1,12 @@
 """GAMMA's served form (:class:`~gamma.model.serving.ServingModel`) to ONNX, and the parity check that gates it.
 
 Export happens into a file the caller chooses (a staging folder); nothing reaches a model repository until
-:func:`check_parity` has compared ONNX Runtime against PyTorch on the same uint8 crops.
+:func:`check_parity` has compared ONNX Runtime against PyTorch on the same uint8 tiles.
+
+The graph takes tiles of any size (contract v2, :mod:`gamma.tiling`): batch, height and width are dynamic axes of
+``images`` (B, 3, H, W) and of the masks (B, 1, H/4, W/4); H and W are exported as multiples of the encoder's stride
+(32) up to ``TILE_SIZE``. Parity runs at more than one tile shape, because a size the tracer baked into a Reshape or
+an interpolation shows up only at a shape other than the example's.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from gamma import wire
 from gamma.inference import ort_session
 from gamma.model.serving import ServingModel
 from gamma.preprocess import preprocess
+from gamma.tiling import MIN_SIDE, STRIDE, TILE_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +42,12 @@ DEFAULT_OPSET = 18
 PROBABILITY_ATOL = 1e-4
 MASK_MAX_STEP = 1
 PARITY_BATCHES: tuple[int, ...] = (1, 4)
+# Tile shapes (height, width) the parity check runs at: the full tile, and a small non-square one (a 300x200 photo's
+# whole-image tile). Two shapes with H != W catch a size baked in at export and a swapped height/width.
+PARITY_SHAPES: tuple[tuple[int, int], ...] = ((TILE_SIZE, TILE_SIZE), (192, 288))
+# The example the exporters trace: batch 2 and sides other than 1 x STRIDE (torch.export specialises a size-1 axis,
+# and a square example cannot tell height from width).
+EXPORT_EXAMPLE: tuple[int, int, int] = (2, 256, 384)
 
 
 class ExportError(RuntimeError):
@@ -54,11 +66,14 @@ class ExportResult:
     fallback_reason: str | None = None
 
 
+RunKey = tuple[int, int, int]  # (batch, tile height, tile width) of one parity run
+
+
 @dataclass
 class ParityReport:
-    """Worst differences per batch size: {batch: (probability max abs diff, mask max abs step)}."""
+    """Worst differences per run: {(batch, height, width): (probability max abs diff, mask max abs step)}."""
 
-    differences: dict[int, tuple[float, int]] = field(default_factory=dict)
+    differences: dict[RunKey, tuple[float, int]] = field(default_factory=dict)
     probability_atol: float = PROBABILITY_ATOL
     mask_max_step: int = MASK_MAX_STEP
 
@@ -66,34 +81,50 @@ class ParityReport:
     def ok(self) -> bool:
         return all(p <= self.probability_atol and m <= self.mask_max_step for p, m in self.differences.values())
 
+    def worst_by_batch(self) -> dict[int, tuple[float, int]]:
+        """{batch: worst (probability, mask step) over the tile shapes run at that batch}."""
+        worst: dict[int, tuple[float, int]] = {}
+        for (batch, _, _), (p, m) in sorted(self.differences.items()):
+            previous = worst.get(batch, (0.0, 0))
+            worst[batch] = (max(previous[0], p), max(previous[1], m))
+        return worst
+
     def summary(self) -> str:
         parts = [
-            f"batch {b}: probability {p:.2e} (atol {self.probability_atol:g}), mask step {m} (max {self.mask_max_step})"
-            for b, (p, m) in sorted(self.differences.items())
+            f"batch {b} at {h}x{w}: probability {p:.2e} (atol {self.probability_atol:g}), "
+            f"mask step {m} (max {self.mask_max_step})"
+            for (b, h, w), (p, m) in sorted(self.differences.items())
         ]
         return "; ".join(parts)
 
     def to_dict(self) -> dict[str, object]:
+        """``batches``: the worst over tile shapes per batch size; ``runs``: every run, keyed ``BxCxHxW``."""
         return {
             "probability_atol": self.probability_atol,
             "mask_max_step": self.mask_max_step,
+            "tile_shapes": [f"{h}x{w}" for h, w in sorted({(h, w) for _, h, w in self.differences})],
             "batches": {
-                str(b): {"probability_max_abs": p, "mask_max_step": m} for b, (p, m) in sorted(self.differences.items())
+                str(b): {"probability_max_abs": p, "mask_max_step": m} for b, (p, m) in self.worst_by_batch().items()
+            },
+            "runs": {
+                f"{b}x{wire.IMAGES.shape[0]}x{h}x{w}": {"probability_max_abs": p, "mask_max_step": m}
+                for (b, h, w), (p, m) in sorted(self.differences.items())
             },
         }
 
 
-def _example(batch: int, seed: int) -> torch.Tensor:
+def _example(batch: int, seed: int, height: int = TILE_SIZE, width: int = TILE_SIZE) -> torch.Tensor:
+    """Uniform noise, uint8 (batch, 3, height, width)."""
     generator = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (batch, *wire.IMAGES.shape), dtype=torch.uint8, generator=generator)
+    return torch.randint(0, 256, (batch, *wire.IMAGES.concrete(height, width)), dtype=torch.uint8, generator=generator)
 
 
-# Source sizes of the synthetic photographs: larger than a crop, exactly one, and a short side below 512 (the
-# contract upsizes it), landscape and portrait.
-_PHOTO_SIZES = ((640, 480), (512, 512), (384, 576), (900, 600))
+# Sides of the synthetic photographs whose centre tile is a full TILE_SIZE one: exactly a tile, and larger (the
+# tile is cut from the middle). A side below TILE_SIZE is the tile side plus 0-31 px (cut to the stride).
+_LARGE_SIDES = (512, 576, 640, 900)
 
 
-def _synthetic_photo(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+def synthetic_photo(rng: np.random.Generator, width: int, height: int) -> Image.Image:
     """A lit gradient under overlapping shapes, a saturated patch, slight blur and sensor-like noise."""
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     ramp = xx / width * rng.uniform(0.2, 1.0) + yy / height * rng.uniform(0.2, 1.0)
@@ -112,54 +143,87 @@ def _synthetic_photo(rng: np.random.Generator, width: int, height: int) -> Image
             draw.rectangle(box, fill=fill)
         else:
             draw.line(box, fill=fill, width=int(rng.integers(1, 9)))
-    # Near the centre, so the centre crop keeps it.
-    x0 = width // 2 + int(rng.integers(-128, 64))
-    y0 = height // 2 + int(rng.integers(-128, 64))
+    # Near the centre, so the centre tile keeps it (partly, on the smallest photographs).
+    x0 = width // 2 + int(rng.integers(-min(128, width // 2), 64))
+    y0 = height // 2 + int(rng.integers(-min(128, height // 2), 64))
     draw.rectangle((x0, y0, x0 + 63, y0 + 63), fill=(255, 255, 255) if rng.integers(0, 2) else (0, 0, 0))
     image = image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.0, 1.5))))
     noisy = np.asarray(image, dtype=np.float32) + rng.normal(0.0, 3.0, (height, width, 3))
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
 
 
-def contract_crops(count: int, seed: int = 0) -> np.ndarray:
-    """``count`` crops made the way served crops are: synthetic photographs, encoded as JPEG (quality 85) or PNG
-    and turned into (3, 512, 512) uint8 by :func:`gamma.preprocess.preprocess`, the serving contract.
+def _photo_side(rng: np.random.Generator, tile: int) -> int:
+    """An image side whose tile side (gamma.tiling.tile_side) is ``tile``."""
+    return int(rng.choice(_LARGE_SIDES)) if tile == TILE_SIZE else tile + int(rng.integers(0, STRIDE))
+
+
+def _check_tile_shape(height: int, width: int, smallest: int = STRIDE) -> None:
+    for side in (height, width):
+        if side % STRIDE or not smallest <= side <= TILE_SIZE:
+            raise ValueError(f"tile {height}x{width}: sides must be multiples of {STRIDE} in [{smallest}, {TILE_SIZE}]")
+
+
+def contract_tiles(count: int, seed: int = 0, height: int = TILE_SIZE, width: int = TILE_SIZE) -> np.ndarray:
+    """``count`` tiles made the way served tiles are: synthetic photographs sized so that their centre tile is
+    ``height`` x ``width``, encoded as JPEG (quality 85) or PNG, alternately, and cut by
+    :func:`gamma.preprocess.preprocess` (coverage ``centre``, the serving contract) -> uint8 (count, 3, height, width).
 
     Noise alone never shows the model flat regions, edges, saturation or JPEG blocking; those drive activations
-    (and mask logits near a rounding edge) where noise does not, so the parity check runs on both.
+    (and mask logits near a rounding edge) where noise does not, so the parity check runs on both. Sides below
+    ``gamma.tiling.MIN_SIDE`` have no photograph (the contract refuses it): ValueError.
     """
+    _check_tile_shape(height, width, smallest=MIN_SIDE)
     rng = np.random.default_rng(seed)
-    crops = np.empty((count, *wire.IMAGES.shape), dtype=np.uint8)
+    tiles = np.empty((count, *wire.IMAGES.concrete(height, width)), dtype=np.uint8)
     for index in range(count):
-        width, height = _PHOTO_SIZES[index % len(_PHOTO_SIZES)]
+        photo = synthetic_photo(rng, _photo_side(rng, width), _photo_side(rng, height))
         encoded = io.BytesIO()
         if index % 2 == 0:
-            _synthetic_photo(rng, width, height).save(encoded, format="JPEG", quality=85)
+            photo.save(encoded, format="JPEG", quality=85)
         else:
-            _synthetic_photo(rng, width, height).save(encoded, format="PNG")
-        crops[index] = preprocess(encoded.getvalue())
-    return crops
+            photo.save(encoded, format="PNG")
+        (tiles[index],) = preprocess(encoded.getvalue(), coverage="centre").pixels
+    return tiles
 
 
-def parity_inputs(batch: int, seed: int) -> torch.Tensor:
-    """The parity check's batch: half (rounded up) :func:`contract_crops`, the rest uniform noise."""
-    structured = contract_crops((batch + 1) // 2, seed)
-    noise = _example(batch - len(structured), seed).numpy()
-    return torch.from_numpy(np.concatenate([structured, noise]))
+def parity_inputs(batch: int, seed: int, height: int = TILE_SIZE, width: int = TILE_SIZE) -> torch.Tensor:
+    """The parity check's batch of ``height`` x ``width`` tiles: half (rounded up) :func:`contract_tiles`, the rest
+    uniform noise -> uint8 (batch, 3, height, width). Noise only for a side below MIN_SIDE (no photograph has it)."""
+    noise = _example(batch, seed, height, width).numpy()
+    if min(height, width) < MIN_SIDE:
+        return torch.from_numpy(noise)
+    structured = contract_tiles((batch + 1) // 2, seed, height, width)
+    return torch.from_numpy(np.concatenate([structured, noise[: batch - len(structured)]]))
+
+
+def _dynamic_axes(spec: wire.TensorSpec) -> dict[int, str]:
+    """{axis (with the batch axis): name} of the axes the wire contract leaves dynamic: the batch, then H and W."""
+    names = {len(spec.shape) - 1: "height", len(spec.shape): "width"}
+    axes = {0: "batch"}
+    for axis, size in enumerate(spec.shape, start=1):
+        if size == wire.DYNAMIC:
+            axes[axis] = names[axis] if spec is wire.IMAGES else f"mask_{names[axis]}"
+    return axes
 
 
 def _export_dynamo(serving: ServingModel, path: Path, opset: int, max_batch: int) -> None:
-    batch = torch.export.Dim("batch", min=1, max=max(max_batch, 2))
+    # Height and width as STRIDE x a block count: the exporter then knows every stage divides evenly (stride-2
+    # convolutions, the decoders' upsampling to stride 4), so it keeps them symbolic instead of specialising.
+    dims: dict[str, object] = {"batch": torch.export.Dim("batch", min=1, max=max(max_batch, 2))}
+    for name in ("height", "width"):
+        dims[name] = STRIDE * torch.export.Dim(f"{name}_blocks", min=1, max=TILE_SIZE // STRIDE)
+    images_axes = {axis: dims[name] for axis, name in _dynamic_axes(wire.IMAGES).items()}
+    batch, height, width = EXPORT_EXAMPLE
     program = torch.onnx.export(
         serving,
-        (_example(2, 0),),
+        (_example(batch, 0, height, width),),
         dynamo=True,
         opset_version=opset,
         input_names=[spec.name for spec in wire.INPUTS],
         output_names=[spec.name for spec in wire.OUTPUTS],
         # Positional (one entry per forward argument, in order): keyed by name it would repeat forward's
         # parameter name, a second home for a fact that ServingModel.forward and wire.IMAGES already hold.
-        dynamic_shapes=({0: batch},),
+        dynamic_shapes=(images_axes,),
         external_data=False,
         verbose=False,
     )
@@ -169,21 +233,22 @@ def _export_dynamo(serving: ServingModel, path: Path, opset: int, max_batch: int
 
 
 def _export_torchscript(serving: ServingModel, path: Path, opset: int) -> None:
-    names = [spec.name for spec in (*wire.INPUTS, *wire.OUTPUTS)]
+    batch, height, width = EXPORT_EXAMPLE
     torch.onnx.export(
         serving,
-        (_example(2, 0),),
+        (_example(batch, 0, height, width),),
         str(path),
         dynamo=False,
         opset_version=opset,
         input_names=[spec.name for spec in wire.INPUTS],
         output_names=[spec.name for spec in wire.OUTPUTS],
-        dynamic_axes={name: {0: "batch"} for name in names},
+        dynamic_axes={spec.name: _dynamic_axes(spec) for spec in (*wire.INPUTS, *wire.OUTPUTS)},
     )
 
 
 def _check_signature(path: Path) -> None:
-    """The graph's names and dtypes must be the wire contract's, with a symbolic batch axis."""
+    """The graph's names, dtypes and ranks must be the wire contract's, with a symbolic batch axis and symbolic
+    axes wherever the contract says DYNAMIC (tile height and width)."""
     model = onnx.load(str(path), load_external_data=False)
     onnx.checker.check_model(model)
     graph_io = {value.name: value for value in (*model.graph.input, *model.graph.output)}
@@ -200,10 +265,13 @@ def _check_signature(path: Path) -> None:
             raise ExportError(f"{spec.name}: exported rank {len(dims)}, wire contract says {1 + len(spec.shape)}")
         if dims[0].HasField("dim_value"):
             raise ExportError(f"{spec.name}: batch axis is fixed at {dims[0].dim_value}, expected dynamic")
-        # Other axes may stay symbolic (the TorchScript exporter leaves the mask size symbolic); a fixed one must
-        # match. The parity check runs the graph and checks the actual shapes.
+        # A dynamic axis exported fixed would accept one tile shape only. A fixed axis may stay symbolic (exporters
+        # do not always infer a constant), but a fixed one must match; the parity check runs the graph and checks
+        # the actual shapes.
         for axis, (dim, expected) in enumerate(zip(dims[1:], spec.shape), start=1):
-            if dim.HasField("dim_value") and dim.dim_value != expected:
+            if expected == wire.DYNAMIC and dim.HasField("dim_value"):
+                raise ExportError(f"{spec.name}: axis {axis} is fixed at {dim.dim_value}, wire contract says dynamic")
+            if expected != wire.DYNAMIC and dim.HasField("dim_value") and dim.dim_value != expected:
                 raise ExportError(
                     f"{spec.name}: axis {axis} exported as {dim.dim_value}, wire contract says {expected}"
                 )
@@ -263,26 +331,34 @@ def check_parity(
     batches: Sequence[int] = PARITY_BATCHES,
     probability_atol: float = PROBABILITY_ATOL,
     mask_max_step: int = MASK_MAX_STEP,
+    shapes: Sequence[tuple[int, int]] = PARITY_SHAPES,
 ) -> ParityReport:
-    """Run PyTorch and ONNX Runtime on the same uint8 crops at each batch size; report worst differences.
+    """Run PyTorch and ONNX Runtime on the same uint8 tiles at each tile shape (height, width) and batch size;
+    report the worst differences of each run.
 
-    Each batch is :func:`parity_inputs`: crops from the preprocessing contract (synthetic photographs through
+    Each batch is :func:`parity_inputs`: tiles from the preprocessing contract (synthetic photographs through
     :func:`gamma.preprocess.preprocess`) and uniform noise. Batch > 1 matters: a batch axis baked into a Reshape
-    shows up only there.
+    shows up only there; so does a tile size baked in, at any shape but the traced example's. Every output must
+    also have the wire shape for that tile: probability (B, 1), masks (B, 1, H/4, W/4).
     """
     session = ort_session(onnx_path)
     report = ParityReport(probability_atol=probability_atol, mask_max_step=mask_max_step)
-    for batch in batches:
-        images = parity_inputs(batch, seed=1000 + batch)
-        expected = [t.numpy() for t in serving.eval()(images)]
-        actual = session.run([spec.name for spec in wire.OUTPUTS], {wire.IMAGES.name: images.numpy()})
-        for spec, got in zip(wire.OUTPUTS, actual):
-            if got.dtype != np.dtype(spec.dtype) or got.shape != (batch, *spec.shape):
-                raise ParityError(
-                    f"{spec.name}: ONNX Runtime gave {got.dtype}{got.shape}, expected "
-                    f"{spec.dtype}{(batch, *spec.shape)}"
-                )
-        probability = float(np.abs(expected[0].astype(np.float64) - actual[0]).max())
-        mask = max(int(np.abs(e.astype(np.int16) - a.astype(np.int16)).max()) for e, a in zip(expected[1:], actual[1:]))
-        report.differences[batch] = (probability, mask)
+    for height, width in shapes:
+        _check_tile_shape(height, width)
+        for batch in batches:
+            images = parity_inputs(batch, 1000 + batch, height, width)
+            expected = [t.numpy() for t in serving.eval()(images)]
+            actual = session.run([spec.name for spec in wire.OUTPUTS], {wire.IMAGES.name: images.numpy()})
+            for spec, got in zip(wire.OUTPUTS, actual):
+                shape = (batch, *spec.concrete(height, width))
+                if got.dtype != np.dtype(spec.dtype) or got.shape != shape:
+                    raise ParityError(
+                        f"{spec.name}: ONNX Runtime gave {got.dtype}{got.shape} for {height}x{width} tiles, "
+                        f"expected {spec.dtype}{shape}"
+                    )
+            probability = float(np.abs(expected[0].astype(np.float64) - actual[0]).max())
+            mask = max(
+                int(np.abs(e.astype(np.int16) - a.astype(np.int16)).max()) for e, a in zip(expected[1:], actual[1:])
+            )
+            report.differences[(batch, height, width)] = (probability, mask)
     return report

@@ -1,8 +1,9 @@
 """``TritonBackend``: :class:`gamma.inference.InferenceBackend` over Triton's gRPC API.
 
-The worker holds this or an in-process backend and cannot tell them apart: same input (uint8 crops), same
-:class:`~gamma.inference.BatchOutputs`, and the thresholds come from the served model's config (written by
-``deploy/export_triton.py`` from the checkpoint), so a served version always decides with its own thresholds.
+The worker holds this or an in-process backend and cannot tell them apart: same input (uint8 tiles (B, 3, H, W),
+one tile shape per batch), same :class:`~gamma.inference.BatchOutputs`, and the thresholds come from the served
+model's config (written by ``deploy/export_triton.py`` from the checkpoint), so a served version always decides
+with its own thresholds.
 
 Errors are typed for the caller's retry policy: :class:`TritonUnavailable` (server down, overloaded or too slow:
 retry later), :class:`ModelNotFound` (wrong name or version: retrying will not help), :class:`TritonInferenceError`
@@ -21,9 +22,10 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from deploy.triton_config import thresholds_param
+from deploy.triton_config import MAX_TILE_SIDE, MIN_TILE_SIDE, thresholds_param
 from gamma import wire
 from gamma.inference import BatchOutputs, outputs_from_wire
+from gamma.tiling import STRIDE
 from gamma.verdict import VerdictThresholds
 from gamma.weights import DEFAULT_MODEL
 
@@ -222,7 +224,8 @@ class TritonBackend:
 
     def _infer_chunk(self, images: np.ndarray, version_arg: str | None = None) -> tuple[BatchOutputs, int]:
         """One request (to ``version_arg``, default the requested version or ``latest``); the outputs and the
-        version the server says answered it (0 if it does not say)."""
+        version the server says answered it (0 if it does not say). The request carries the batch's own shape
+        (B, 3, H, W): the served dims are -1 for H and W."""
         request = grpcclient.InferInput(wire.IMAGES.name, list(images.shape), wire.IMAGES.triton_dtype)
         request.set_data_from_numpy(images)
         outputs = [grpcclient.InferRequestedOutput(spec.name) for spec in wire.OUTPUTS]
@@ -242,16 +245,25 @@ class TritonBackend:
 
     @staticmethod
     def _checked(images: np.ndarray) -> np.ndarray:
+        """``images`` as a contiguous uint8 (B, 3, H, W) batch of one tile shape, B >= 1, H and W multiples of
+        STRIDE in [MIN_TILE_SIDE, MAX_TILE_SIDE]; ValueError before anything is sent otherwise (the server would
+        refuse it, or worse, run a shape the model was never exported for)."""
         images = np.ascontiguousarray(images)
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != wire.IMAGES.shape or not len(images):
-            raise ValueError(
-                f"expected uint8 (B, {', '.join(map(str, wire.IMAGES.shape))}) with B >= 1, "
-                f"got {images.dtype} {images.shape}"
-            )
+        channels = wire.IMAGES.shape[0]
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != channels or not len(images):
+            raise ValueError(f"expected uint8 (B, {channels}, H, W) with B >= 1, got {images.dtype} {images.shape}")
+        height, width = images.shape[2:]
+        for side in (height, width):
+            if side % STRIDE or not MIN_TILE_SIDE <= side <= MAX_TILE_SIDE:
+                raise ValueError(
+                    f"tile {height}x{width}: height and width must be multiples of {STRIDE} "
+                    f"in [{MIN_TILE_SIDE}, {MAX_TILE_SIDE}] (got uint8 {images.shape})"
+                )
         return images
 
     def infer(self, images: np.ndarray) -> BatchOutputs:
-        """uint8 crops (B, 3, 512, 512) -> outputs; batches above the model's ``max_batch_size`` are split.
+        """uint8 tiles (B, 3, H, W) of one shape -> outputs: probability (B,), masks (B, H/4, W/4); batches above
+        the model's ``max_batch_size`` are split.
 
         Follows the server: use :meth:`pinned` when the outputs must all come from one known version.
         """

@@ -14,6 +14,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
 from gamma import wire
+from gamma.tiling import STRIDE, TILE_SIZE
 from gamma.wire import TensorSpec
 
 Backend = Literal["onnxruntime", "tensorrt", "python"]
@@ -29,6 +30,11 @@ PARAM_INTRA_OP_THREADS = "intra_op_threads"
 PARAM_INTER_OP_THREADS = "inter_op_threads"
 PARAM_SPINNING = "intra_op_spinning"
 THRESHOLDS_PARAM_PREFIX = "gamma_thresholds_v"  # + version: JSON of the checkpoint's VerdictThresholds
+
+# The tile sides a served model accepts (config dims are -1 for both): multiples of the encoder's stride from one
+# stride up to a full tile. Preprocessing never cuts a side below gamma.tiling.MIN_SIDE (64); a client may send less.
+MIN_TILE_SIDE = STRIDE
+MAX_TILE_SIDE = TILE_SIZE
 
 
 def thresholds_param(version: int) -> str:
@@ -85,6 +91,7 @@ class ModelSettings:
 
 
 def _tensor(message: pb.ModelInput | pb.ModelOutput, spec: TensorSpec) -> None:
+    """Name, dtype and dims (without the batch axis) from the wire contract: -1 where the tile size varies."""
     message.name = spec.name
     message.data_type = pb.DataType.Value(f"TYPE_{spec.triton_dtype}")
     message.dims.extend(spec.shape)
@@ -105,15 +112,22 @@ def _tensorrt_accelerator(config: pb.ModelConfig, settings: ModelSettings) -> No
     )
 
 
+# Warm-up samples (name, tile side): a warm-up needs concrete dims. The full tile first (most requests, and the
+# largest arena), then the smallest: ONNX Runtime's TensorRT provider widens its engine's shape range to what it
+# has seen, so after both no tile size in between triggers an engine rebuild mid-traffic.
+WARMUP_TILES: tuple[tuple[str, int], ...] = (("zeros", MAX_TILE_SIDE), ("zeros_smallest", MIN_TILE_SIDE))
+
+
 def _warmup(config: pb.ModelConfig) -> None:
-    """One zero batch at load: the first real request then does not pay for lazy initialisation (ORT arena
-    growth, TensorRT engine build)."""
-    sample = config.model_warmup.add(name="zeros", batch_size=1)
+    """Zero batches of one tile at load: the first real request then does not pay for lazy initialisation (ORT
+    arena growth, TensorRT engine build)."""
     spec = wire.IMAGES
-    warm_input = sample.inputs[spec.name]
-    warm_input.data_type = pb.DataType.Value(f"TYPE_{spec.triton_dtype}")
-    warm_input.dims.extend(spec.shape)
-    warm_input.zero_data = True
+    for name, side in WARMUP_TILES:
+        sample = config.model_warmup.add(name=name, batch_size=1)
+        warm_input = sample.inputs[spec.name]
+        warm_input.data_type = pb.DataType.Value(f"TYPE_{spec.triton_dtype}")
+        warm_input.dims.extend(spec.concrete(side, side))  # (3, side, side)
+        warm_input.zero_data = True
 
 
 def build_config(settings: ModelSettings) -> pb.ModelConfig:

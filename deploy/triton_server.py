@@ -175,8 +175,9 @@ class TritonServer:
             f"--grpc-address={self.host}",
             f"--grpc-port={self.grpc_port}",
             *metrics,
-            # 16 MiB of shared memory per python stub holds a batch of 8 crops without growing the region on the
-            # first request. (The pinned pool stays at its default: set to 0, every request logs a fallback.)
+            # 16 MiB of shared memory per python stub holds a batch of 8 full 512x512 tiles (more of smaller ones)
+            # without growing the region on the first request. (The pinned pool stays at its default: set to 0,
+            # every request logs a fallback.)
             "--backend-config=python,shm-default-byte-size=16777216",
             f"--log-verbose={self.log_verbose}",
             *self.extra_args,

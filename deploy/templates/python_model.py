@@ -45,19 +45,35 @@ class TritonPythonModel:
         self.output_names = [output["name"] for output in config["output"]]
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        """Concatenate every request of the dynamic batch into one run, then split the rows back per request.
+        """Concatenate the requests of the dynamic batch that share a tile shape into one run each, then split the
+        rows back per request.
 
         One run of B rows costs less than B runs of one row (fewer kernel launches and thread-pool wake-ups), and
-        it is the batch the scheduler formed: running the requests one by one would waste it.
+        it is the batch the scheduler formed: running the requests one by one would waste it. Images are
+        (B, 3, H, W) with H and W varying between requests (config dims -1); Triton's dynamic batcher only groups
+        requests of one shape, but requests of different shapes cannot be concatenated, so they are grouped here
+        too rather than trusted to never meet.
         """
         arrays = [np.from_dlpack(pb_utils.get_input_tensor_by_name(r, self.input_name)) for r in requests]
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for index, array in enumerate(arrays):
+            by_shape.setdefault(tuple(array.shape[1:]), []).append(index)
+        responses: list[Any] = [None] * len(requests)
+        for members in by_shape.values():
+            for index, response in zip(members, self._run([arrays[i] for i in members])):
+                responses[index] = response
+        return responses
+
+    def _run(self, arrays: list[np.ndarray]) -> list[Any]:
+        """One ``session.run`` over requests of one tile shape; one response per request, rows in order."""
         sizes = [len(a) for a in arrays]
         try:
             batch = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
             outputs = self.session.run(self.output_names, {self.input_name: batch})
         except Exception as exc:  # an error response per request beats a crashed stub
-            error = pb_utils.TritonError(f"onnxruntime failed on a batch of {sum(sizes)}: {exc}")
-            return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
+            shape = "x".join(str(d) for d in arrays[0].shape[1:])
+            error = pb_utils.TritonError(f"onnxruntime failed on a batch of {sum(sizes)} ({shape}): {exc}")
+            return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in arrays]
         responses = []
         start = 0
         for size in sizes:

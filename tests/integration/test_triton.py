@@ -2,12 +2,14 @@
 
 One server per session (tests/fixtures/triton.py): the tiny random gamma-b0 checkpoint, python backend,
 max_batch_size 2. Tolerances are the export's parity tolerances: probability 1e-4 absolute, masks one uint8 step.
-Inputs: scikit-image's photographs and a synthetic JPEG photograph through ``gamma.preprocess`` (the crops the
-worker sends), plus noise and a gradient.
+Inputs: tiles of several shapes (contract v2: any multiple of 32 up to 512, one shape per batch) from
+scikit-image's photographs and synthetic photographs through ``gamma.preprocess`` (the tiles the worker sends),
+plus noise and a gradient; and whole images through ``gamma.inference.Detector`` (tiling, batching, stitching).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import queue
@@ -28,40 +30,77 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 import deploy.export_triton as export_triton
-from deploy.onnx_export import MASK_MAX_STEP, PARITY_BATCHES, PROBABILITY_ATOL, contract_crops
+from deploy.onnx_export import (
+    MASK_MAX_STEP,
+    PARITY_BATCHES,
+    PARITY_SHAPES,
+    PROBABILITY_ATOL,
+    contract_tiles,
+    synthetic_photo,
+)
 from deploy.triton_client import ModelNotFound, TritonBackend, TritonUnavailable
 from deploy.triton_config import parse_config
 from deploy.triton_server import TritonServer, free_port
 from gamma import wire
-from gamma.inference import BatchOutputs, TorchBackend
+from gamma.inference import BatchOutputs, Detector, ImageResult, TorchBackend
 from gamma.weights import DEFAULT_MODEL, Checkpoint, load_checkpoint
 from tests.fixtures.services import on_termination
-from tests.fixtures.triton import TRITON_MAX_BATCH, sample_image_crops
+from tests.fixtures.triton import TRITON_MAX_BATCH, sample_image_tiles
 
 pytestmark = pytest.mark.integration
 
 MODEL = "gamma-test"  # the tiny checkpoint's name
 
 
-def _crops() -> np.ndarray:
-    """What the worker sends (real photographs and a synthetic JPEG photograph through ``gamma.preprocess``) and
-    the two extremes of what a crop looks like to the encoder (uniform noise, a smooth gradient), interleaved so
-    that every batch of the served model mixes kinds."""
-    astronaut, coffee = sample_image_crops()
-    (synthetic,) = contract_crops(1, seed=11)
-    noise = np.random.default_rng(7).integers(0, 256, wire.IMAGES.shape, dtype=np.uint8)
-    ramp = np.linspace(0, 255, wire.IMAGES.shape[-1], dtype=np.float32)
-    gradient = np.broadcast_to(ramp[None, None, :] * 2 / 3 + ramp[None, :, None] / 4, wire.IMAGES.shape)
-    return np.stack([astronaut, noise, coffee, gradient.astype(np.uint8), synthetic])
+def _gradient(height: int, width: int) -> np.ndarray:
+    """A smooth uint8 (3, height, width) ramp: the opposite of noise for the encoder."""
+    rows = np.linspace(0, 255, height, dtype=np.float32)[None, :, None]
+    columns = np.linspace(0, 255, width, dtype=np.float32)[None, None, :]
+    return np.broadcast_to(columns * 2 / 3 + rows / 4, wire.IMAGES.concrete(height, width)).astype(np.uint8)
 
 
-CROPS = _crops()
+def _noise(height: int, width: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, wire.IMAGES.concrete(height, width), dtype=np.uint8)
+
+
+def _tiles() -> dict[tuple[int, int], np.ndarray]:
+    """Batches by tile shape (height, width), uint8 (N, 3, H, W): what the worker sends (real photographs and
+    synthetic JPEG/PNG photographs through ``gamma.preprocess``) and the two extremes of what a tile looks like to
+    the encoder (uniform noise, a smooth gradient), interleaved so that every batch of the served model mixes
+    kinds. Full tiles; the small non-square tile of the export's parity gate; coffee's 384x512 tiles."""
+    photos = sample_image_tiles("full")
+    astronaut, coffee = photos["astronaut.png"].pixels, photos["coffee.png"].pixels
+    (synthetic,) = contract_tiles(1, seed=11)
+    small_height, small_width = PARITY_SHAPES[1]
+    small_synthetic = contract_tiles(2, seed=12, height=small_height, width=small_width)
+    return {
+        (512, 512): np.stack(
+            [astronaut[0], _noise(512, 512, 7), synthetic, _gradient(512, 512), astronaut[0, :, ::-1]]
+        ),
+        (small_height, small_width): np.stack(
+            [small_synthetic[0], _noise(small_height, small_width, 8), small_synthetic[1]]
+        ),
+        tuple(coffee.shape[-2:]): coffee,  # type: ignore[dict-item]
+    }
+
+
+TILES_BY_SHAPE = _tiles()
+CROPS = TILES_BY_SHAPE[(512, 512)]  # full tiles: the batches most tests send
 
 
 @pytest.fixture(scope="module")
-def expected(tiny_checkpoint: Checkpoint) -> BatchOutputs:
-    torch_backend = TorchBackend(tiny_checkpoint.model, tiny_checkpoint.config, MODEL, tiny_checkpoint.version)
-    return torch_backend.infer(CROPS)
+def torch_backend(tiny_checkpoint: Checkpoint) -> TorchBackend:
+    return TorchBackend(tiny_checkpoint.model, tiny_checkpoint.config, MODEL, tiny_checkpoint.version)
+
+
+@pytest.fixture(scope="module")
+def expected_by_shape(torch_backend: TorchBackend) -> dict[tuple[int, int], BatchOutputs]:
+    return {shape: torch_backend.infer(tiles) for shape, tiles in TILES_BY_SHAPE.items()}
+
+
+@pytest.fixture(scope="module")
+def expected(expected_by_shape: dict[tuple[int, int], BatchOutputs]) -> BatchOutputs:
+    return expected_by_shape[(512, 512)]
 
 
 @pytest.fixture(scope="module")
@@ -91,11 +130,17 @@ def _rows(outputs: BatchOutputs, start: int, stop: int) -> BatchOutputs:
     return BatchOutputs(*(getattr(outputs, f)[start:stop] for f in ("probability", "ai_mask", "manipulation_mask")))
 
 
-def test_served_outputs_match_in_process(backend: TritonBackend, expected: BatchOutputs) -> None:
-    """Every crop, in requests of at most max_batch_size (no client-side split), matches the in-process model."""
-    for start in range(0, len(CROPS), TRITON_MAX_BATCH):
-        stop = min(start + TRITON_MAX_BATCH, len(CROPS))
-        _assert_close(backend.infer(CROPS[start:stop]), _rows(expected, start, stop))
+def test_served_outputs_match_in_process(
+    backend: TritonBackend, expected_by_shape: dict[tuple[int, int], BatchOutputs]
+) -> None:
+    """Every tile of every shape, in requests of at most max_batch_size (no client-side split), matches the
+    in-process model; masks are a quarter of the tile."""
+    for (height, width), tiles in TILES_BY_SHAPE.items():
+        expected = expected_by_shape[(height, width)]
+        assert expected.ai_mask.shape[1:] == (height // 4, width // 4)
+        for start in range(0, len(tiles), TRITON_MAX_BATCH):
+            stop = min(start + TRITON_MAX_BATCH, len(tiles))
+            _assert_close(backend.infer(tiles[start:stop]), _rows(expected, start, stop))
 
 
 def test_request_above_max_batch_is_split(
@@ -119,6 +164,30 @@ def _executions_by_batch_size(url: str) -> Counter[int]:
     with grpcclient.InferenceServerClient(url) as client:
         (stats,) = client.get_inference_statistics(MODEL).model_stats
     return Counter({s.batch_size: s.compute_infer.count for s in stats.batch_stats})
+
+
+def test_concurrent_requests_of_different_tile_shapes_each_get_their_own_outputs(
+    backend: TritonBackend, expected_by_shape: dict[tuple[int, int], BatchOutputs]
+) -> None:
+    """Single-tile requests of three shapes from several threads at once: the server's dynamic batcher groups only
+    requests of one shape, and every response holds its own request's outputs."""
+    jobs = [(shape, row) for shape, tiles in TILES_BY_SHAPE.items() for row in range(min(2, len(tiles)))]
+    start = threading.Barrier(len(jobs))
+    results: dict[int, BatchOutputs] = {}
+
+    def one(index: int) -> None:
+        shape, row = jobs[index]
+        start.wait()
+        results[index] = backend.infer(TILES_BY_SHAPE[shape][row][None])
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(jobs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert sorted(results) == list(range(len(jobs)))
+    for index, (shape, row) in enumerate(jobs):
+        _assert_close(results[index], _rows(expected_by_shape[shape], row, row + 1))
 
 
 def test_concurrent_requests_are_batched_by_the_server(backend: TritonBackend, triton_server: TritonServer) -> None:
@@ -181,7 +250,62 @@ def test_malformed_batch_is_rejected_before_sending(backend: TritonBackend) -> N
     with pytest.raises(ValueError, match="uint8"):
         backend.infer(CROPS[:1].astype(np.float32))
     with pytest.raises(ValueError, match="uint8"):
-        backend.infer(CROPS[:1, :, :256])
+        backend.infer(CROPS[:1, :1])  # one channel
+    with pytest.raises(ValueError, match="multiples of 32"):
+        backend.infer(CROPS[:1, :, :200])  # a height no tile has
+
+
+# Whole images through the Detector: tiling, batching of many images' tiles, aggregation and stitched masks.
+
+
+def _jpeg(width: int, height: int, seed: int) -> bytes:
+    buffer = io.BytesIO()
+    synthetic_photo(np.random.default_rng(seed), width, height).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+# A large photograph (coverage "full": a 3 x 2 grid of 512x512 tiles) and a small one (one whole-image tile, cut to
+# the stride: 288 x 192, W x H), as the worker would get them.
+IMAGES = {"large.jpg": _jpeg(1100, 700, seed=21), "small.jpg": _jpeg(300, 200, seed=22)}
+
+
+def _by_source(results: list[ImageResult]) -> dict[str, ImageResult]:
+    for result in results:
+        assert result.error is None and result.judgement is not None and result.tiles is not None, result
+    return {result.source: result for result in results}
+
+
+def test_detector_served_matches_in_process_on_tiled_images(
+    backend: TritonBackend, torch_backend: TorchBackend
+) -> None:
+    """The same images through ``Detector(TorchBackend)`` and ``Detector(TritonBackend)`` (coverage ``full``):
+    same tiles, same verdicts, probabilities within the export's tolerance, stitched masks within one step."""
+    items = list(IMAGES.items())
+    local = _by_source(Detector(torch_backend, coverage="full").classify_bytes(items))
+    served = _by_source(Detector(backend, coverage="full").classify_bytes(items))
+
+    large, small = local["large.jpg"].tiles, local["small.jpg"].tiles
+    assert large is not None and small is not None
+    assert (large.plan.tile_height, large.plan.tile_width, large.plan.tiles_seen) == (512, 512, 6)
+    assert (small.plan.tile_height, small.plan.tile_width, small.plan.tiles_seen) == (192, 288, 1)
+    for source, want in local.items():
+        got = served[source]
+        assert got.tiles is not None and want.tiles is not None
+        assert got.judgement is not None and want.judgement is not None
+        assert got.tiles.plan == want.tiles.plan
+        np.testing.assert_allclose(
+            got.tiles.tile_probabilities, want.tiles.tile_probabilities, rtol=0, atol=PROBABILITY_ATOL
+        )
+        assert got.judgement.verdict == want.judgement.verdict, source
+        assert abs(got.judgement.probability - want.judgement.probability) <= PROBABILITY_ATOL, source
+        seen = want.tiles.plan.seen()
+        for name, area in (("ai_mask", "ai_area"), ("manipulation_mask", "manipulated_area")):
+            got_mask, want_mask = getattr(got, name), getattr(want, name)
+            assert got_mask.dtype == np.uint8 and got_mask.shape == want_mask.shape == want.tiles.plan.mask_shape
+            assert np.abs(got_mask.astype(np.int16) - want_mask.astype(np.int16)).max() <= MASK_MAX_STEP, name
+            # A flagged area can move only by the pixels whose (one-step) difference crossed the threshold.
+            changed = float((got_mask != want_mask)[seen].mean())
+            assert abs(getattr(got.judgement, area) - getattr(want.judgement, area)) <= changed + 1e-12, area
 
 
 # The shipped model (models/gamma-local-effl0), exported by the README's command and served like a deployment would.
@@ -215,15 +339,15 @@ def test_shipped_model_exports_for_the_python_backend(shipped: Checkpoint, shipp
     assert metadata["thresholds"] == shipped.config.thresholds.to_dict()
     parity = metadata["parity"]
     assert set(parity["batches"]) == {str(b) for b in PARITY_BATCHES}
+    assert parity["tile_shapes"] == [f"{h}x{w}" for h, w in sorted(PARITY_SHAPES)]
     for batch in parity["batches"].values():
         assert batch["probability_max_abs"] <= PROBABILITY_ATOL and batch["mask_max_step"] <= MASK_MAX_STEP
 
 
 @pytest.mark.slow
-def test_shipped_model_served_matches_in_process(
-    shipped: Checkpoint, shipped_repository: Path, tmp_path: Path
-) -> None:
-    expected = TorchBackend(shipped.model, shipped.config, DEFAULT_MODEL, shipped.version).infer(CROPS)
+def test_shipped_model_served_matches_in_process(shipped: Checkpoint, shipped_repository: Path, tmp_path: Path) -> None:
+    local = TorchBackend(shipped.model, shipped.config, DEFAULT_MODEL, shipped.version)
+    expected = {shape: local.infer(tiles) for shape, tiles in TILES_BY_SHAPE.items()}
     server = TritonServer(
         shipped_repository, http_port=free_port(), grpc_port=free_port(), log_file=tmp_path / "tritonserver.log"
     )
@@ -232,7 +356,8 @@ def test_shipped_model_served_matches_in_process(
         try:
             assert backend.model_version == shipped.version
             assert backend.thresholds == shipped.config.thresholds
-            _assert_close(backend.infer(CROPS), expected)
+            for shape, tiles in TILES_BY_SHAPE.items():
+                _assert_close(backend.infer(tiles), expected[shape])
         finally:
             backend.close()
 

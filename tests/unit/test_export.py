@@ -1,7 +1,8 @@
-"""deploy/export_triton.py: config.pbtxt content, repository layout, refusal to overwrite, parity gate.
+"""deploy/export_triton.py: config.pbtxt content, repository layout, refusal to overwrite, parity gate, and tiles
+of any shape (contract v2: H and W dynamic, multiples of 32 up to 512).
 
-A micro GAMMA (widths 8-16, one block per stage) keeps the 512x512 parity runs fast; the exporter does not care
-about the preset. One real dynamo export per module; other tests reuse its ONNX through a stand-in exporter.
+A micro GAMMA (widths 8-16, one block per stage) keeps the parity runs fast; the exporter does not care about the
+preset. One real dynamo export per module; other tests reuse its ONNX through a stand-in exporter.
 """
 
 from __future__ import annotations
@@ -9,7 +10,10 @@ from __future__ import annotations
 import ast
 import json
 import shutil
+import sys
+import types
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -23,9 +27,10 @@ import deploy.onnx_export as onnx_export
 import deploy.triton_config as triton_config
 import gamma.weights
 from deploy.export_triton import ExportOptions, VersionExists, export_to_repository
-from deploy.onnx_export import ExportResult, ParityError, check_parity, export_onnx
+from deploy.onnx_export import PARITY_SHAPES, ExportError, ExportResult, ParityError, check_parity, export_onnx
 from deploy.triton_config import ModelSettings, parse_config, render_config, thresholds_param
 from gamma import wire
+from gamma.inference import ort_session
 from gamma.model import GammaModel
 from gamma.model.serving import ServingModel
 from gamma.verdict import VerdictThresholds
@@ -80,6 +85,8 @@ def test_config_tensors_come_from_the_wire_contract() -> None:
     config = parse_config(render_config(ModelSettings(name="m")))
     assert [(t.name, list(t.dims)) for t in config.input] == [(s.name, list(s.shape)) for s in wire.INPUTS]
     assert [(t.name, list(t.dims)) for t in config.output] == [(s.name, list(s.shape)) for s in wire.OUTPUTS]
+    # Tiles of any size: Triton takes -1 as "any size" for height and width, images and masks alike.
+    assert [list(t.dims) for t in (*config.input, *config.output)] == [[3, -1, -1], [1], [1, -1, -1], [1, -1, -1]]
     data_types = [pb.DataType.Name(t.data_type) for t in (*config.input, *config.output)]
     assert data_types == [f"TYPE_{s.triton_dtype}" for s in (*wire.INPUTS, *wire.OUTPUTS)]
 
@@ -100,10 +107,13 @@ def test_onnxruntime_gpu_config_batches_and_uses_tensorrt_fp16() -> None:
     assert accelerator.parameters["trt_engine_cache_enable"] == "1"
     assert accelerator.parameters["trt_engine_cache_path"] == "/tmp/triton-trt-cache/gamma-x"
     assert config.version_policy.latest.num_versions == 1
-    (warmup,) = config.model_warmup
-    assert warmup.batch_size == 1
-    assert warmup.inputs[wire.IMAGES.name].zero_data
-    assert list(warmup.inputs[wire.IMAGES.name].dims) == list(wire.IMAGES.shape)
+    # A warm-up needs concrete dims: a full tile, then the smallest one (the TensorRT provider's shape range then
+    # spans every tile before traffic arrives).
+    assert [(w.batch_size, list(w.inputs[wire.IMAGES.name].dims)) for w in config.model_warmup] == [
+        (1, [3, 512, 512]),
+        (1, [3, 32, 32]),
+    ]
+    assert all(w.inputs[wire.IMAGES.name].zero_data for w in config.model_warmup)
 
 
 def test_python_config_runs_on_cpu_with_configured_threads_and_pinned_version() -> None:
@@ -139,7 +149,12 @@ def test_export_writes_a_servable_version(exported: Path, micro: Checkpoint) -> 
     assert metadata["model_name"] == "gamma-micro" and metadata["version"] == 3
     assert VerdictThresholds.from_dict(metadata["thresholds"]) == THRESHOLDS
     assert metadata["onnx"]["exporter"] in ("dynamo", "torchscript") and metadata["onnx"]["opset"] >= 17
-    assert set(metadata["parity"]["batches"]) == {"1", "4"}
+    parity = metadata["parity"]
+    assert set(parity["batches"]) == {"1", "4"}
+    assert parity["tile_shapes"] == ["192x288", "512x512"]  # every batch at both tile shapes
+    assert set(parity["runs"]) == {"1x3x192x288", "4x3x192x288", "1x3x512x512", "4x3x512x512"}
+    assert metadata["wire"]["inputs"]["images"] == {"dtype": "uint8", "shape": [3, -1, -1]}
+    assert metadata["wire"]["outputs"]["ai_mask"] == {"dtype": "uint8", "shape": [1, -1, -1]}
     # The written graph is the checked one: it still agrees with PyTorch.
     assert check_parity(ServingModel(micro.model), model_dir / "3" / "model.onnx", batches=(2,)).ok
 
@@ -216,7 +231,9 @@ def test_tensorrt_export_leaves_the_engine_build_to_the_gpu_host(
     assert config.instance_group[0].kind == pb.ModelInstanceGroup.KIND_GPU
     script = (version_dir / "build_engine.sh").read_text()
     assert "--saveEngine=model.plan --fp16" in script
-    assert "--minShapes=images:1x3x512x512" in script and "--maxShapes=images:8x3x512x512" in script
+    # One profile over every tile: the smallest at batch 1 to full tiles at the largest batch, tuned for full tiles.
+    assert "--minShapes=images:1x3x32x32" in script
+    assert "--optShapes=images:4x3x512x512" in script and "--maxShapes=images:8x3x512x512" in script
     assert "${" not in script  # every template placeholder was filled
 
 
@@ -266,13 +283,137 @@ def test_python_template_reads_exactly_the_param_keys_of_triton_config() -> None
     assert reads[triton_config.PARAM_ONNX_FILE] == triton_config.MODEL_FILES["onnxruntime"]
 
 
+def _dims(value: onnx.ValueInfoProto) -> list[int | None]:
+    """A graph tensor's dims: the size where fixed, None where symbolic."""
+    return [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+
+
 def test_dynamo_export_takes_the_positional_dynamic_shapes(exported: Path) -> None:
-    """The module's export came from the dynamo exporter (dynamic_shapes given positionally), not the fallback."""
+    """The module's export came from the dynamo exporter (dynamic_shapes given positionally), not the fallback, and
+    batch, height and width are symbolic on the images and on both masks."""
     metadata = json.loads((exported / "gamma-micro" / "3" / "metadata.json").read_text())
     assert metadata["onnx"]["exporter"] == "dynamo", metadata["onnx"]["fallback_reason"]
     graph = onnx.load(str(exported / "gamma-micro" / "3" / "model.onnx"), load_external_data=False)
-    batch_axis = graph.graph.input[0].type.tensor_type.shape.dim[0]
-    assert graph.graph.input[0].name == wire.IMAGES.name and not batch_axis.HasField("dim_value")
+    assert graph.graph.input[0].name == wire.IMAGES.name
+    assert _dims(graph.graph.input[0]) == [None, 3, None, None]
+    outputs = {value.name: _dims(value) for value in graph.graph.output}
+    assert outputs[wire.PROBABILITY.name] == [None, 1]
+    assert outputs[wire.AI_MASK.name] == outputs[wire.MANIPULATION_MASK.name] == [None, 1, None, None]
+
+
+@pytest.fixture(scope="module")
+def micro_session(exported: Path) -> Any:
+    return ort_session(exported / "gamma-micro" / "3" / "model.onnx")
+
+
+@pytest.mark.parametrize(("height", "width"), [(32, 32), (64, 64), (512, 96), (96, 512), (320, 448)])
+def test_exported_graph_matches_torch_at_every_kind_of_tile(
+    exported: Path, micro: Checkpoint, height: int, width: int
+) -> None:
+    """Beyond the gate's two shapes: the smallest tile the model takes, the smallest an image gives, long thin
+    tiles both ways and an odd one. A size baked into the graph (a Reshape or an interpolation traced at the
+    example's 256x384) would give wrong shapes or numbers here."""
+    report = check_parity(
+        ServingModel(micro.model), exported / "gamma-micro" / "3" / "model.onnx", batches=(3,), shapes=[(height, width)]
+    )
+    assert report.ok, report.summary()
+    assert set(report.differences) == {(3, height, width)}
+
+
+def test_one_session_takes_batches_of_different_tile_shapes_in_turn(micro_session: Any) -> None:
+    """One ONNX Runtime session (one Triton instance) serves tile shapes one after another, as the dynamic batcher
+    sends them: masks are always a quarter of the tile."""
+    for height, width in ((512, 512), (192, 288), (512, 512), (64, 480)):
+        images = np.zeros((2, *wire.IMAGES.concrete(height, width)), dtype=np.uint8)
+        probability, ai, manipulation = micro_session.run([s.name for s in wire.OUTPUTS], {wire.IMAGES.name: images})
+        assert probability.shape == (2, 1)
+        assert (
+            ai.shape
+            == manipulation.shape
+            == (2, *wire.AI_MASK.concrete(height, width))
+            == (2, 1, height // 4, width // 4)
+        )
+
+
+def test_a_graph_with_a_fixed_tile_size_is_refused(exported: Path, tmp_path: Path) -> None:
+    """An export that fixed H (as a batch-only export at 512 would) accepts one tile size: the signature check
+    refuses it before parity even runs."""
+    graph = onnx.load(str(exported / "gamma-micro" / "3" / "model.onnx"))
+    graph.graph.input[0].type.tensor_type.shape.dim[2].dim_value = 512
+    onnx.save(graph, str(tmp_path / "fixed.onnx"))
+    with pytest.raises(ExportError, match="images: axis 2 is fixed at 512, wire contract says dynamic"):
+        onnx_export._check_signature(tmp_path / "fixed.onnx")
+
+
+def test_parity_gate_runs_every_batch_at_every_default_tile_shape(exported: Path, micro: Checkpoint) -> None:
+    report = check_parity(ServingModel(micro.model), exported / "gamma-micro" / "3" / "model.onnx", batches=(2,))
+    assert set(report.differences) == {(2, h, w) for h, w in PARITY_SHAPES}
+    assert report.ok and "batch 2 at 192x288" in report.summary()
+
+
+# --- the python backend's model.py, with a stand-in for Triton's stub ------------------------------------------
+
+
+class _FakeStub(types.ModuleType):
+    """What model.py uses of ``triton_python_backend_utils``: tensors by name, responses, errors."""
+
+    class Tensor:
+        def __init__(self, name: str, array: np.ndarray) -> None:
+            self.name, self.array = name, array
+
+        @classmethod
+        def from_dlpack(cls, name: str, array: np.ndarray) -> _FakeStub.Tensor:
+            return cls(name, np.from_dlpack(array))
+
+    class InferenceResponse:
+        def __init__(self, output_tensors: list[Any], error: Any = None) -> None:
+            self.outputs = {t.name: t.array for t in output_tensors}
+            self.error = error
+
+    class TritonError:
+        def __init__(self, message: str) -> None:
+            self.message = message
+
+    @staticmethod
+    def get_input_tensor_by_name(request: dict[str, np.ndarray], name: str) -> np.ndarray:
+        return request[name]
+
+
+def test_python_backend_runs_a_dynamic_batch_of_mixed_tile_shapes(
+    exported: Path, micro_session: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Triton's dynamic batcher groups requests of one shape; should requests of two shapes reach one ``execute``,
+    model.py runs each shape once and answers every request with its own rows."""
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _FakeStub("triton_python_backend_utils"))
+    model_dir = exported / "gamma-micro"
+    namespace: dict[str, Any] = {"__name__": "gamma_test_python_model"}
+    exec(compile((model_dir / "3" / "model.py").read_text(), str(model_dir / "3" / "model.py"), "exec"), namespace)
+    config = parse_config((model_dir / "config.pbtxt").read_text())
+    model_config = {
+        "input": [{"name": t.name} for t in config.input],
+        "output": [{"name": t.name} for t in config.output],
+        "parameters": {key: {"string_value": value.string_value} for key, value in config.parameters.items()},
+    }
+    model = namespace["TritonPythonModel"]()
+    model.initialize(
+        {"model_config": json.dumps(model_config), "model_repository": str(model_dir), "model_version": "3"}
+    )
+    rng = np.random.default_rng(0)
+    shapes = [(1, 512, 512), (2, 192, 288), (1, 512, 512), (1, 192, 288)]
+    requests = [
+        {wire.IMAGES.name: rng.integers(0, 256, (b, *wire.IMAGES.concrete(h, w)), dtype=np.uint8)} for b, h, w in shapes
+    ]
+    responses = model.execute(requests)
+    names = [s.name for s in wire.OUTPUTS]
+    for request, response in zip(requests, responses, strict=True):
+        assert response.error is None
+        expected = micro_session.run(names, request)
+        for name, want in zip(names, expected):
+            got = response.outputs[name]
+            assert got.shape == want.shape and got.dtype == want.dtype
+            np.testing.assert_allclose(
+                got.astype(np.float64), want.astype(np.float64), rtol=0, atol=1e-6 if got.dtype == np.float32 else 1
+            )
 
 
 def test_efficientnet_lite_gamma_exports_and_matches_torch(tmp_path: Path) -> None:

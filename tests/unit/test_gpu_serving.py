@@ -84,15 +84,23 @@ def test_trtexec_throughput_is_parsed_from_its_summary() -> None:
         gpu_serving.parse_trtexec_throughput("[E] Error[4]: engine build failed")
 
 
+def test_tile_dims_are_the_served_profile_range() -> None:
+    """The exported graph's H and W are dynamic (-1 on the wire); a TensorRT profile needs them concrete: from the
+    smallest tile the client sends to a full tile."""
+    assert wire.IMAGES.shape == (3, -1, -1)
+    assert gpu_serving.tile_dims() == ((3, 32, 32), (3, 512, 512))
+
+
 def test_engine_builds_use_the_served_build_flags() -> None:
     """trtexec in the bench builds with build_engine.sh's flags; the ONNX Runtime provider gets the same shapes."""
-    dims = wire.IMAGES.shape
+    smallest, full = gpu_serving.tile_dims()
     template = string.Template((REPO / "deploy" / "templates" / "build_engine.sh").read_text())
     script = template.substitute(
         model_name="m",
         version=1,
         input_name=wire.IMAGES.name,
-        input_dims="x".join(str(d) for d in dims),
+        min_dims="x".join(str(d) for d in smallest),
+        input_dims="x".join(str(d) for d in full),
         opt_batch=64,
         max_batch=64,
         precision_flag="--fp16",
@@ -100,13 +108,17 @@ def test_engine_builds_use_the_served_build_flags() -> None:
     served = " ".join(line.strip().rstrip("\\") for line in script.splitlines() if not line.startswith("#"))
     served_flags = {flag for flag in served.split() if flag.startswith("--") and "=model." not in flag}
     command = gpu_serving.trtexec_build_command(
-        "trtexec", Path("model.onnx"), Path("model.plan"), wire.IMAGES.name, dims, 64
+        "trtexec", Path("model.onnx"), Path("model.plan"), wire.IMAGES.name, full, 64, min_dims=smallest
     )
     assert {flag for flag in command[1:] if not flag.startswith(("--onnx=", "--saveEngine="))} == served_flags
-    options = gpu_serving.trt_provider_options(Path("/cache"), wire.IMAGES.name, dims, 64)
+    assert "--minShapes=images:1x3x32x32" in command and "--maxShapes=images:64x3x512x512" in command
+    options = gpu_serving.trt_provider_options(Path("/cache"), wire.IMAGES.name, full, 64, min_dims=smallest)
     assert options["trt_fp16_enable"] == "True" and options["trt_engine_cache_enable"] == "True"
-    assert options["trt_profile_min_shapes"] == "images:1x3x512x512"
+    assert options["trt_profile_min_shapes"] == "images:1x3x32x32"
     assert options["trt_profile_max_shapes"] == options["trt_profile_opt_shapes"] == "images:64x3x512x512"
+    # Without min_dims the profile is one tile size (the bench's shapes stay concrete either way).
+    fixed = gpu_serving.trt_provider_options(Path("/cache"), wire.IMAGES.name, full, 8)
+    assert fixed["trt_profile_min_shapes"] == "images:1x3x512x512"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the bench runs for real (see the gpu test)")
@@ -129,39 +141,45 @@ def test_cuda_without_tensorrt_is_a_clear_error(
     assert "no TensorRT here" in err and "onnxruntime-gpu" in err and "trtexec" in err
 
 
-def _real_crops() -> np.ndarray:
-    """scikit-image's astronaut (512x512 PNG) and coffee (400x600: upsized) through the preprocessing contract."""
+def _real_tiles() -> list[np.ndarray]:
+    """scikit-image's astronaut (512x512 PNG: one 512x512 tile) and coffee (600x400: 384x512 tiles, coverage
+    ``full``) through the preprocessing contract: one uint8 (N, 3, H, W) batch per tile shape."""
     spec = importlib.util.find_spec("skimage.data")
     assert spec is not None and spec.submodule_search_locations, "scikit-image (dev extra) is needed"
     folder = Path(next(iter(spec.submodule_search_locations)))
-    return np.stack([preprocess((folder / name).read_bytes()) for name in ("astronaut.png", "coffee.png")])
+    return [
+        preprocess((folder / name).read_bytes(), coverage="full").pixels for name in ("astronaut.png", "coffee.png")
+    ]
 
 
 @pytest.mark.gpu
 @torch.inference_mode()
 def test_cuda_fp32_outputs_match_cpu() -> None:
-    """The served module on CUDA (fp32, TF32 off) gives the CPU's outputs on real crops and noise."""
+    """The served module on CUDA (fp32, TF32 off) gives the CPU's outputs on real tiles and noise, at each tile
+    shape."""
     torch.manual_seed(0)
     serving = ServingModel(GammaModel(preset("gamma-b0"))).eval()
-    noise = np.random.default_rng(0).integers(0, 256, (2, *wire.IMAGES.shape), dtype=np.uint8)
-    images = torch.from_numpy(np.concatenate([_real_crops(), noise]))
-    expected = [t.numpy() for t in serving(images)]
-    matmul_tf32, cudnn_tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        actual = [t.cpu().numpy() for t in serving.to("cuda")(images.to("cuda"))]
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul_tf32, cudnn_tf32
-    # fp32 on another device reorders sums: ~1e-6 on a logit; the export's tolerances hold with room to spare.
-    np.testing.assert_allclose(actual[0], expected[0], rtol=0, atol=1e-4)
-    for got, want in zip(actual[1:], expected[1:]):
-        assert got.dtype == np.uint8 and np.abs(got.astype(np.int16) - want.astype(np.int16)).max() <= 1
+    rng = np.random.default_rng(0)
+    for tiles in _real_tiles():
+        noise = rng.integers(0, 256, (2, *tiles.shape[1:]), dtype=np.uint8)
+        images = torch.from_numpy(np.concatenate([tiles, noise]))
+        expected = [t.numpy() for t in serving.cpu()(images)]
+        matmul_tf32, cudnn_tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        try:
+            actual = [t.cpu().numpy() for t in serving.to("cuda")(images.to("cuda"))]
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul_tf32, cudnn_tf32
+        # fp32 on another device reorders sums: ~1e-6 on a logit; the export's tolerances hold with room to spare.
+        np.testing.assert_allclose(actual[0], expected[0], rtol=0, atol=1e-4)
+        for got, want in zip(actual[1:], expected[1:]):
+            assert got.dtype == np.uint8 and np.abs(got.astype(np.int16) - want.astype(np.int16)).max() <= 1
 
 
 @pytest.mark.gpu
 def test_onnxruntime_cuda_provider_matches_cpu(tmp_path: Path) -> None:
     """The exported graph on ONNX Runtime's CUDA provider (what Triton's onnxruntime backend runs) agrees with
-    the CPU provider on real crops."""
+    the CPU provider on real tiles, at each tile shape, in one session."""
     import onnxruntime as ort
 
     from deploy.onnx_export import export_onnx
@@ -171,15 +189,17 @@ def test_onnxruntime_cuda_provider_matches_cpu(tmp_path: Path) -> None:
         pytest.skip("onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
     torch.manual_seed(0)
     result = export_onnx(ServingModel(GammaModel(preset("gamma-b0"))).eval(), tmp_path / "model.onnx", max_batch=4)
-    crops = _real_crops()
     names = [spec.name for spec in wire.OUTPUTS]
-    expected = ort_session(result.path).run(names, {wire.IMAGES.name: crops})
+    cpu = ort_session(result.path)
     cuda = ort.InferenceSession(str(result.path), providers=["CUDAExecutionProvider"])
     assert cuda.get_providers()[0] == "CUDAExecutionProvider"
-    actual = cuda.run(names, {wire.IMAGES.name: crops})
-    np.testing.assert_allclose(actual[0], expected[0], rtol=0, atol=1e-3)  # cuDNN may pick TF32 convolutions
-    for got, want in zip(actual[1:], expected[1:]):
-        assert np.abs(got.astype(np.int16) - want.astype(np.int16)).max() <= 2
+    for tiles in _real_tiles():
+        expected = cpu.run(names, {wire.IMAGES.name: tiles})
+        actual = cuda.run(names, {wire.IMAGES.name: tiles})
+        assert [a.shape for a in actual] == [e.shape for e in expected]
+        np.testing.assert_allclose(actual[0], expected[0], rtol=0, atol=1e-3)  # cuDNN may pick TF32 convolutions
+        for got, want in zip(actual[1:], expected[1:]):
+            assert np.abs(got.astype(np.int16) - want.astype(np.int16)).max() <= 2
 
 
 @pytest.mark.gpu

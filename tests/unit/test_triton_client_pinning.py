@@ -25,6 +25,7 @@ from deploy.triton_client import ModelNotFound, PinnedVersion, TritonBackend, Tr
 from deploy.triton_config import thresholds_param
 from gamma import wire
 from gamma.inference import BatchOutputs
+from gamma.tiling import MASK_STRIDE
 from gamma.verdict import VerdictThresholds
 from worker.db import Result
 from worker.pipeline import run_chunk
@@ -60,6 +61,7 @@ class FakeTriton:
         self.ready = ready
         self.max_batch_size = max_batch_size
         self.requests: list[str] = []
+        self.shapes: list[tuple[int, int]] = []  # (height, width) of each request's tiles
         self.metadata_calls = 0
         self.after_infer: Callable[[int], None] = lambda n: None
 
@@ -86,8 +88,9 @@ class FakeTriton:
                 msg=f"Request for unknown model: '{name}' version {version} is not found",
                 status="StatusCode.NOT_FOUND",
             )
-        batch = int(inputs[0].shape()[0])
-        mask = np.full((batch, 1, wire.MASK_SIZE, wire.MASK_SIZE), 0, dtype=np.uint8)
+        batch, _, height, width = (int(d) for d in inputs[0].shape())
+        self.shapes.append((height, width))
+        mask = np.full((batch, *wire.AI_MASK.concrete(height, width)), 0, dtype=np.uint8)
         arrays = {
             wire.PROBABILITY.name: np.full((batch, 1), PROBABILITY[version], dtype=np.float32),
             wire.AI_MASK.name: mask,
@@ -110,8 +113,9 @@ def triton(server: FakeTriton, **kw: Any) -> TritonBackend:
     return backend
 
 
-def crops(n: int) -> np.ndarray:
-    return np.zeros((n, *wire.IMAGES.shape), dtype=np.uint8)
+def crops(n: int, height: int = 512, width: int = 512) -> np.ndarray:
+    """``n`` black tiles, uint8 (n, 3, height, width)."""
+    return np.zeros((n, *wire.IMAGES.concrete(height, width)), dtype=np.uint8)
 
 
 def load_v2_after_first_request(server: FakeTriton, unload_v1: bool = False) -> None:
@@ -175,6 +179,39 @@ def test_a_pinned_version_unloaded_mid_chunk_is_retryable_a_configured_one_is_no
         triton(server, model_version=1).pinned().infer(crops(2))
 
 
+def test_requests_carry_the_tile_shape_of_their_batch() -> None:
+    """Tiles of any multiple of 32 up to 512 go out as they are (the served dims are -1); masks come back at a
+    quarter of the tile."""
+    server = FakeTriton([1], max_batch_size=2)
+    backend = triton(server)
+    for height, width in ((512, 512), (192, 288), (64, 480), (32, 32)):
+        outputs = backend.infer(crops(3, height, width))  # split 2 + 1, each request of this shape
+        assert outputs.ai_mask.shape == outputs.manipulation_mask.shape == (3, height // 4, width // 4)
+    assert server.shapes == [(512, 512)] * 2 + [(192, 288)] * 2 + [(64, 480)] * 2 + [(32, 32)] * 2
+
+
+@pytest.mark.parametrize(
+    "images",
+    [
+        np.zeros((1, 3, 512, 512), dtype=np.float32),  # not uint8
+        np.zeros((3, 512, 512), dtype=np.uint8),  # no batch axis
+        np.zeros((0, 3, 512, 512), dtype=np.uint8),  # empty batch
+        np.zeros((1, 1, 512, 512), dtype=np.uint8),  # not RGB
+        np.zeros((1, 3, 200, 512), dtype=np.uint8),  # not a multiple of 32
+        np.zeros((1, 3, 544, 512), dtype=np.uint8),  # above a full tile
+        np.zeros((1, 3, 512, 0), dtype=np.uint8),  # below the smallest tile
+    ],
+    ids=["float32", "no-batch", "empty", "one-channel", "height-200", "height-544", "width-0"],
+)
+def test_batches_the_model_cannot_take_are_refused_before_sending(images: np.ndarray) -> None:
+    server = FakeTriton([1])
+    with pytest.raises(ValueError, match=r"uint8|multiples of 32"):
+        triton(server).infer(images)
+    with pytest.raises(ValueError, match=r"uint8|multiples of 32"):
+        triton(server, model_version=1).pinned().infer(images)
+    assert server.requests == []
+
+
 def test_a_response_from_another_version_than_asked_is_refused() -> None:
     server = FakeTriton([1])
     pinned = triton(server).pinned()
@@ -194,9 +231,10 @@ def test_a_response_from_another_version_than_asked_is_refused() -> None:
 
 
 def _png(seed: int) -> bytes:
+    """A 128x96 noise PNG: one 96x128 tile (H x W), above the contract's 64-px minimum side."""
     rng = np.random.default_rng(seed)
     buffer = io.BytesIO()
-    PILImage.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    PILImage.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -271,8 +309,8 @@ class _Drifting:
 
     def infer(self, images: np.ndarray) -> BatchOutputs:
         version, self.model_version = self.model_version, 2
-        n = len(images)
-        mask = np.zeros((n, wire.MASK_SIZE, wire.MASK_SIZE), dtype=np.uint8)
+        n, _, height, width = images.shape
+        mask = np.zeros((n, height // MASK_STRIDE, width // MASK_STRIDE), dtype=np.uint8)
         return BatchOutputs(np.full(n, PROBABILITY[version], dtype=np.float32), mask, mask.copy())
 
 
