@@ -122,7 +122,7 @@ def main() -> None:
         )
         exported = export_to_repository(checkpoint, root / "repository", options, log=lambda line: print(f"# {line}"))
         session = ort_session(exported.version_dir / "model.onnx", args.threads)
-        crops = np.random.default_rng(0).integers(0, 256, (8, *wire.IMAGES.shape), dtype=np.uint8)
+        crops = np.random.default_rng(0).integers(0, 256, (8, *wire.IMAGES.concrete(512, 512)), dtype=np.uint8)
 
         def in_process(images: np.ndarray) -> object:
             return session.run(None, {wire.IMAGES.name: images})
