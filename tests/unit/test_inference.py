@@ -20,7 +20,8 @@ from gamma.config import preset
 from gamma.inference import Detector, OnnxBackend, TorchBackend, read_limited
 from gamma.model import GammaModel
 from gamma.preprocess import ImageRejected, PreprocessLimits, preprocess
-from gamma.verdict import Verdict, VerdictThresholds, judge
+from gamma.tiling import stitch_masks
+from gamma.verdict import Verdict, VerdictThresholds, decide, mask_area
 from gamma.weights import Checkpoint, WeightsError, save_checkpoint
 from tests.fixtures.models import TINY_EXPORT_THRESHOLDS
 
@@ -46,7 +47,9 @@ def test_results_keep_order_and_errors_stay_per_image(detector: Detector) -> Non
     assert [r.error.reason if r.error else None for r in results] == [None, "undecodable", None, "empty", None]
     for result in (results[0], results[2], results[4]):
         assert result.judgement is not None
-        assert result.ai_mask is not None and result.ai_mask.shape == (128, 128) and result.ai_mask.dtype == np.uint8
+        # the whole 600x520 image at the masks' stride 4, not one 512x512 tile
+        assert result.ai_mask is not None and result.ai_mask.shape == (130, 150) and result.ai_mask.dtype == np.uint8
+        assert result.tiles is not None and result.to_dict()["tiles_seen"] == 2
 
 
 def test_batched_results_equal_one_at_a_time(detector: Detector) -> None:
@@ -61,12 +64,31 @@ def test_batched_results_equal_one_at_a_time(detector: Detector) -> None:
 
 
 def test_verdict_uses_backend_outputs_and_thresholds(detector: Detector) -> None:
-    data = _jpeg(7)
+    """The verdict from the backend's tile outputs: mean tile logit, areas over the pixels the tiles saw."""
+    data = _jpeg(7, size=(1100, 700))  # a 3x2 grid: five tiles under the default coverage
     result = detector.classify_bytes([("x", data)])[0]
-    outputs = detector.backend.infer(preprocess(data)[None])
+    tiles = preprocess(data, coverage=detector.coverage)
+    assert len(tiles) == 5
+    size = detector.backend.max_batch_size  # the detector's batches, so float reordering cannot move a pixel
+    batches = [detector.backend.infer(tiles.pixels[i : i + size]) for i in range(0, len(tiles), size)]
+    probability = np.concatenate([b.probability for b in batches]).astype(np.float64)
+    seen = tiles.plan.seen()
+    ai = stitch_masks(tiles.plan, np.concatenate([b.ai_mask for b in batches]))[seen]
+    manipulation = stitch_masks(tiles.plan, np.concatenate([b.manipulation_mask for b in batches]))[seen]
     thresholds = detector.backend.thresholds
-    expected = judge(outputs.probability[0], outputs.ai_mask[0], outputs.manipulation_mask[0], thresholds)
-    assert result.judgement == expected
+    expected = decide(
+        1 / (1 + np.exp(-np.log(probability / (1 - probability)).mean())),
+        mask_area(ai, thresholds.mask_pixel),
+        mask_area(manipulation, thresholds.mask_pixel),
+        thresholds,
+    )
+    assert result.judgement is not None
+    assert result.judgement.probability == pytest.approx(expected.probability, abs=1e-6)
+    assert (result.judgement.ai_area, result.judgement.manipulated_area) == (
+        expected.ai_area,
+        expected.manipulated_area,
+    )
+    assert result.judgement.verdict == expected.verdict
 
 
 def test_unreadable_file_gets_its_own_error(detector: Detector, tmp_path: Path) -> None:
@@ -186,6 +208,7 @@ def test_checkpoint_thresholds_decide_the_verdict(tmp_path: Path) -> None:
 
 # --- ONNX Runtime backend -----------------------------------------------------------------------------------
 
+
 def test_onnx_backend_matches_torch_backend(tiny_checkpoint: Checkpoint, tiny_onnx_export: Path) -> None:
     """Same crops through ONNX Runtime and PyTorch: probabilities within the export's parity tolerance
     (PROBABILITY_ATOL = 1e-4), masks within MASK_MAX_STEP (one uint8 step), identical verdicts."""
@@ -223,4 +246,4 @@ def test_onnx_detector_from_file_and_missing_metadata(tiny_onnx_export: Path, tm
     explicit = Detector.from_onnx(bare, thresholds=VerdictThresholds())
     assert explicit.backend.thresholds == VerdictThresholds()
     result = explicit.classify_bytes([("x", _jpeg(5))])[0]
-    assert result.judgement is not None and result.ai_mask is not None and result.ai_mask.shape == (128, 128)
+    assert result.judgement is not None and result.ai_mask is not None and result.ai_mask.shape == (130, 150)

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from gamma import samples
-from gamma.preprocess import CROP_SIZE, preprocess
+from gamma.preprocess import preprocess
+from gamma.tiling import MIN_SIDE, STRIDE, TILE_SIZE, Coverage
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +50,16 @@ def test_no_sample_was_trained_or_validated_on(collected) -> None:
 
 
 def test_every_sample_is_an_image_the_contract_accepts(collected) -> None:
+    """Each sample is tiled at its own resolution in every coverage mode (no sample is refused as too small)."""
     _, written, _ = collected
     for path in written:
         with Image.open(path) as image:
             image.verify()  # a real image file, not an LFS pointer or an empty copy
-        assert preprocess(path.read_bytes()).shape == (3, CROP_SIZE, CROP_SIZE)
+        data = path.read_bytes()
+        for coverage in Coverage:
+            tiles = preprocess(data, coverage=coverage)
+            width, height = tiles.plan.width, tiles.plan.height
+            tile = (min(TILE_SIZE, height // STRIDE * STRIDE), min(TILE_SIZE, width // STRIDE * STRIDE))
+            assert min(width, height) >= MIN_SIDE and tiles.pixels.shape[1:] == (3, *tile), path
+            seen = {"centre": 1, "five": min(5, tiles.plan.grid), "full": tiles.plan.grid}[coverage.value]
+            assert len(tiles) == seen or (coverage is Coverage.FIVE and len(tiles) == 3), path  # 3: one-row panorama

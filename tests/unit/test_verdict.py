@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gamma.verdict import Verdict, VerdictThresholds, judge, mask_area
+from gamma.verdict import Verdict, VerdictThresholds, decide, judge, mask_area
 
 CLEAN = np.zeros((128, 128), dtype=np.uint8)
 
@@ -30,6 +30,31 @@ def _mask(fraction: float) -> np.ndarray:
 )
 def test_verdict_table(probability: float, manipulated: float, expected: Verdict) -> None:
     assert judge(probability, CLEAN, _mask(manipulated)).verdict is expected
+
+
+@pytest.mark.parametrize(
+    ("probability", "manipulated", "expected"),
+    [
+        (0.95, 0.5, Verdict.AI_GENERATED),
+        (0.05, 0.01, Verdict.REAL),  # the threshold itself is not above it
+        (0.05, 0.0101, Verdict.MANIPULATED),
+        (0.41, 0.9, Verdict.NEEDS_REVIEW),
+        (0.39, 0.9, Verdict.MANIPULATED),
+        (0.61, 0.0, Verdict.AI_GENERATED),
+    ],
+)
+def test_decide_from_areas(probability: float, manipulated: float, expected: Verdict) -> None:
+    """What Detector calls: areas already measured (over the pixels the tiles saw), no masks needed."""
+    judgement = decide(probability, 0.25, manipulated)
+    assert judgement.verdict is expected
+    assert (judgement.probability, judgement.ai_area, judgement.manipulated_area) == (probability, 0.25, manipulated)
+
+
+def test_judge_is_decide_on_mask_areas() -> None:
+    t = VerdictThresholds(mask_pixel=0.3, manipulated_area=0.2)
+    ai, manipulation = _mask(0.1), _mask(0.3)
+    assert judge(0.2, ai, manipulation, t) == decide(0.2, mask_area(ai, 0.3), mask_area(manipulation, 0.3), t)
+    assert judge(0.2, ai, manipulation, t).verdict is Verdict.MANIPULATED
 
 
 def test_areas_are_reported_for_uint8_and_float_masks() -> None:
