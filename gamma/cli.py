@@ -15,6 +15,7 @@ from rich.table import Table
 
 from gamma.inference import Detector
 from gamma.preprocess import warn_if_no_heif
+from gamma.tiling import DEFAULT_COVERAGE, parse_coverage
 from gamma.weights import DEFAULT_MODEL, WeightsError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
@@ -42,17 +43,39 @@ def expand(paths: tuple[Path, ...]) -> list[Path]:
     "version folder (deploy/export_triton.py output; thresholds from its metadata.json).",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image instead of a table.")
+@click.option(
+    "--coverage",
+    envvar="GAMMA_COVERAGE",
+    default=None,
+    help="Which tiles of each image the model sees: centre (one), five (centre + corners) or full (every tile) "
+    f"[env GAMMA_COVERAGE; default {DEFAULT_COVERAGE.value}].",
+)
 @click.pass_context
-def main(ctx: click.Context, paths: tuple[Path, ...], model: str, onnx_path: Path | None, as_json: bool) -> None:
+def main(
+    ctx: click.Context,
+    paths: tuple[Path, ...],
+    model: str,
+    onnx_path: Path | None,
+    as_json: bool,
+    coverage: str | None,
+) -> None:
     """Classify PATHS (files or folders) as real, ai-generated, manipulated or needs-review."""
     if onnx_path is not None and ctx.get_parameter_source("model") is not click.core.ParameterSource.DEFAULT:
         raise click.UsageError("--model and --onnx are alternatives; give one")
+    try:  # before the model loads: a typo costs no seconds
+        mode = parse_coverage(coverage)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     files = expand(paths)
     if not files:
         raise click.UsageError("no image files found")
     warn_if_no_heif(stderr=True)
     try:
-        detector = Detector.from_onnx(onnx_path) if onnx_path is not None else Detector.from_checkpoint(model)
+        detector = (
+            Detector.from_onnx(onnx_path, coverage=mode)
+            if onnx_path is not None
+            else Detector.from_checkpoint(model, coverage=mode)
+        )
     except WeightsError as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:  # streamed: a line per image as its chunk finishes, however many files
@@ -60,17 +83,24 @@ def main(ctx: click.Context, paths: tuple[Path, ...], model: str, onnx_path: Pat
             click.echo(json.dumps(result.to_dict()))
         return
     results = detector.classify_files(files)
-    table = Table(title=f"{detector.backend.model_name} v{detector.backend.model_version}")
-    for column in ("image", "verdict", "p(AI)", "AI area", "manipulated area"):
+    backend = detector.backend
+    table = Table(title=f"{backend.model_name} v{backend.model_version}, coverage {mode.value}")
+    for column in ("image", "verdict", "p(AI)", "AI area", "manipulated area", "tiles"):
         table.add_column(column, justify="left" if column in ("image", "verdict") else "right")
     for result in results:
         if result.judgement is None:
             assert result.error is not None
-            table.add_row(result.source, f"error: {result.error.reason}", "", "", "")
+            table.add_row(result.source, f"error: {result.error.reason}", "", "", "", "")
         else:
             j = result.judgement
+            seen = f"{result.tiles.plan.tiles_seen}/{result.tiles.plan.grid}" if result.tiles is not None else ""
             table.add_row(
-                result.source, j.verdict.value, f"{j.probability:.3f}", f"{j.ai_area:.1%}", f"{j.manipulated_area:.1%}"
+                result.source,
+                j.verdict.value,
+                f"{j.probability:.3f}",
+                f"{j.ai_area:.1%}",
+                f"{j.manipulated_area:.1%}",
+                seen,
             )
     Console().print(table)
 

@@ -21,12 +21,15 @@ import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import click
 from kombu.exceptions import OperationalError as KombuOperationalError
 from rich.console import Console
+from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
+from gamma.tiling import DEFAULT_COVERAGE
 from worker.db import Scan, make_engine, session_factory, utcnow
 from worker.deadletter import absolute_sqlite_url, database_identity, dead_letters, is_relative_sqlite
 from worker.records import end_scan, note_scan
@@ -74,6 +77,23 @@ def mark_interrupted(sessions: sessionmaker, scan_id: int, interrupt: KeyboardIn
         end_scan(session, scan_id, "interrupted", f"{utcnow():%Y-%m-%d %H:%M:%S} interrupted by {name} after "
                  f"{processed} images; {what}")  # fmt: skip
     return code
+
+
+COVERAGE_HELP = (
+    "Which tiles of each image the model sees: centre (one), five (centre + corners) or full (every tile) "
+    f"[env GAMMA_COVERAGE; default {DEFAULT_COVERAGE.value}]. Results seen under another mode are never reused."
+)
+
+
+def settings_from(**overrides: Any) -> Settings:
+    """:meth:`Settings.from_env` with the CLI's options; a bad value (``--coverage bogus``, ``GAMMA_COVERAGE``,
+    a malformed number) is a one-line error before anything is opened."""
+    try:
+        return Settings.from_env(**overrides)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+
+
 # Failures of the listing or of the broker: the scan is marked failed and the CLI says why, without a traceback.
 LISTING_ERRORS = (ObjectUnreadable, StorageUnavailable, KombuOperationalError)
 # A target that is malformed or not there: refused before anything is recorded.
@@ -89,6 +109,7 @@ TARGET_ERRORS = (ValueError, ObjectUnreadable, StorageUnavailable)
 @click.option("--wait", is_flag=True, help="Show progress until the scan is done, then a summary.")
 @click.option("--timeout", type=float, default=24 * 3600, show_default=True, help="Seconds --wait waits at most.")
 @click.option("--full", is_flag=True, help="Re-infer every object (default: reuse results of this model version).")
+@click.option("--coverage", default=None, help=COVERAGE_HELP)
 @click.option(
     "--stall-timeout",
     type=float,
@@ -106,14 +127,17 @@ def submit(
     wait: bool,
     timeout: float,
     full: bool,
+    coverage: str | None,
     stall_timeout: float,
 ) -> None:
     """List TARGET (s3://BUCKET/PREFIX or a folder), record a scan, queue it; print the scan id.
 
     Incremental: objects whose (bucket, key, ETag) already have a result of the served model version are
-    linked to it at listing time and never queued; a new model version rescans everything.
+    linked to it at listing time and never queued; a new model version (or another --coverage) rescans everything.
     """
-    settings = Settings.from_env(db_url=db_url, broker_url=broker_url, model=model, chunk_size=chunk_size)
+    settings = settings_from(
+        db_url=db_url, broker_url=broker_url, model=model, chunk_size=chunk_size, coverage=coverage
+    )
     relative = is_relative_sqlite(settings.db_url)
     settings = settings.replace(db_url=absolute_sqlite_url(settings.db_url))
     opened: list[int] = []
@@ -144,7 +168,7 @@ def submit(
     console = Console(stderr=True)
     console.print(
         f"scan {scan_id}: {submitted.total} objects under {submitted.source_uri} queued in chunks of "
-        f"{settings.chunk_size}"
+        f"{settings.chunk_size}, coverage {settings.coverage}"
         + (f" (results of v{submitted.model_version} reused)" if submitted.model_version else "")
     )
     if relative:
@@ -190,6 +214,7 @@ def _wait(settings: Settings, scan_id: int, source_uri: str, console: Console, t
 @click.option("--masks", "masks_url", default=None, help="Mask folder or s3://bucket/prefix [default ./masks].")
 @click.option("--chunk-size", type=click.IntRange(1), default=None, help="Images per chunk [env GAMMA_CHUNK_SIZE].")
 @click.option("--full", is_flag=True, help="Re-infer every object (default: reuse results of this model version).")
+@click.option("--coverage", default=None, help=COVERAGE_HELP + " --resume goes on with the scan's own mode.")
 @click.option(
     "--presign",
     "masks_presign",
@@ -213,6 +238,7 @@ def scan(
     masks_url: str | None,
     chunk_size: int | None,
     full: bool,
+    coverage: str | None,
     masks_presign: int | None,
     resume_id: int | None,
 ) -> None:
@@ -225,13 +251,14 @@ def scan(
     from worker.pipeline import run_chunk  # torch is imported only by the command that runs the model
     from worker.runtime import Runtime, make_backend
 
-    settings = Settings.from_env(
+    settings = settings_from(
         db_url=db_url,
         model=model,
         masks_url=masks_url,
         chunk_size=chunk_size,
         triton_url="",
         masks_presign=masks_presign,
+        coverage=coverage,
     )
     if (target is None) == (resume_id is None):
         raise click.UsageError("give TARGET, or --resume SCAN_ID (not both)")
@@ -248,27 +275,38 @@ def scan(
         backend = make_backend(settings)  # gamma.weights.WeightsError (a ValueError) for a model not found
     except (ValueError, OSError) as error:
         raise click.ClickException(f"model {settings.model}: {error}") from error
-    runtime = Runtime.create(settings, backend=backend)
+    runtime = Runtime.create(settings, backend=backend)  # migrates: a scan row has its coverage from here on
     model_name = runtime.backend.model_name
+    mode = settings.coverage
     skip = None
     if resume_id is None:
-        scan_id = open_scan(runtime.sessions, source, model_name)
+        scan_id = open_scan(runtime.sessions, source, model_name, mode)
     else:
         scan_id = resume_id
+        conflict = ""
         with runtime.sessions.begin() as session:
             row = session.get(Scan, scan_id)
             assert row is not None
-            row.status, row.finished_at = "listing", None
-            note_scan(session, scan_id, f"{utcnow():%Y-%m-%d %H:%M:%S} resumed by gamma-scan --resume")
+            # Half of a scan under one mode and half under another would be two scans in one: it goes on with its
+            # own (a scan from before contract v2 has none and takes this run's).
+            if row.coverage is not None and coverage is not None and row.coverage != mode:
+                conflict = f"scan {scan_id} runs with coverage {row.coverage}: resume it without --coverage {mode}"
+            else:
+                mode = row.coverage = row.coverage or mode
+                row.status, row.finished_at = "listing", None
+                note_scan(session, scan_id, f"{utcnow():%Y-%m-%d %H:%M:%S} resumed by gamma-scan --resume")
+        if conflict:
+            runtime.close()
+            raise click.ClickException(conflict)
         if not full:  # what this model version judged already (this scan's first part included) is linked, not run
-            skip = (model_name, runtime.backend.model_version)
+            skip = (model_name, runtime.backend.model_version, mode)
     console = Console(stderr=True)
     try:
         with interrupts_as_keyboard_interrupt(), progress_bar(console) as progress:
             task = progress.add_task(f"scan {scan_id}", total=None, rate=0.0)
 
             def dispatch(chunk: list[ObjectRef]) -> None:
-                outcomes = run_chunk(runtime, source.uri, chunk, scan_id, reuse=not full)
+                outcomes = run_chunk(runtime, source.uri, chunk, scan_id, reuse=not full, coverage=mode)
                 if as_json:
                     for outcome in outcomes:
                         sys.stdout.write(json.dumps({"scan_id": scan_id, **links.outcome(outcome.to_dict())}) + "\n")
@@ -296,7 +334,9 @@ def _resumable_source(settings: Settings, scan_id: int) -> str:
     engine = make_engine(settings.db_url)
     try:
         with session_factory(engine)() as session:
-            row = session.get(Scan, scan_id)
+            # Two columns, not the row: a database not yet migrated to this version (a scan interrupted before an
+            # upgrade) lacks the newer ones until Runtime.create migrates it.
+            row = session.execute(select(Scan.status, Scan.source_uri).where(Scan.id == scan_id)).one_or_none()
             status, uri = (row.status, row.source_uri) if row is not None else ("", "")
     except Exception as error:
         raise click.ClickException(f"cannot read scan {scan_id} from the database: {error}") from error

@@ -3,8 +3,10 @@
 Four tables:
 - ``scans``: one submitted bucket prefix or folder, its status and counts.
 - ``images``: where bytes were seen: (bucket, key, sha256) with the listed etag and size.
-- ``results``: one judgement per (content sha256, model name, model version). Keyed by content, not by
-  location, so redelivered tasks and repeated scans upsert the same row instead of adding one.
+- ``results``: one judgement per (content sha256, model name, model version, coverage). Keyed by content, not
+  by location, so redelivered tasks and repeated scans upsert the same row instead of adding one; and by the
+  coverage mode (which tiles the model saw, :mod:`gamma.tiling`), so a ``full`` scan never takes or overwrites
+  what a ``centre`` scan saw of the same bytes.
 - ``scan_items``: a scan's keys, unique per (scan, key), each pointing at its image and result once processed;
   a scan's summary is a join, and "processed" is simply ``result_id IS NOT NULL``.
 
@@ -21,6 +23,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import (
+    JSON,
     BigInteger,
     DateTime,
     Engine,
@@ -44,6 +47,10 @@ Id = BigInteger().with_variant(Integer(), "sqlite")
 # Object keys can be 1024 bytes on S3; URLs add a bucket and a prefix.
 KEY_LENGTH = 1024
 URL_LENGTH = 2048
+COVERAGE_LENGTH = 8
+# What migration 0003 gives results recorded before contract v2 (a 512 crop of an upsized image): it matches no
+# coverage mode, so such a result is never reused by a v2 scan, which would otherwise inherit a different view.
+LEGACY_COVERAGE = "v1"
 
 
 def utcnow() -> datetime:
@@ -83,6 +90,9 @@ class Scan(Base):
     # Scheduled scans: "<beat entry>@<fire time>", unique, so a second delivery of the same beat message (a
     # redelivery after a crash, a second beat) finds this scan instead of creating another. NULL otherwise.
     submit_key: Mapped[str | None] = mapped_column(String(512))
+    # The scan's coverage mode (gamma-scan/gamma-submit --coverage, else GAMMA_COVERAGE when it was submitted):
+    # what --resume goes on with. NULL for scans recorded before contract v2.
+    coverage: Mapped[str | None] = mapped_column(String(COVERAGE_LENGTH))
 
 
 class Image(Base):
@@ -101,7 +111,11 @@ class Image(Base):
 
 
 class Result(Base):
-    """The judgement of one content by one model version; ``verdict='error'`` rows carry ``error_reason``.
+    """The judgement of one content by one model version under one coverage mode; ``verdict='error'`` rows carry
+    ``error_reason``.
+
+    ``tiles_seen`` of ``tiles_total`` tiles were looked at (``seen_fraction`` of the pixels), and ``top_tile`` is
+    the most suspicious one's ``[left, top, right, bottom]`` in upright image pixels; all NULL on errors.
 
     ``sha256`` is the hash of the bytes. For an object whose bytes were never read (missing, too large to
     download, retries exhausted before fetching) it is the hash of ``gamma:unread:<reason>:<object URI>``
@@ -109,12 +123,13 @@ class Result(Base):
     """
 
     __tablename__ = "results"
-    __table_args__ = (UniqueConstraint("sha256", "model_name", "model_version"),)
+    __table_args__ = (UniqueConstraint("sha256", "model_name", "model_version", "coverage"),)
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     sha256: Mapped[str] = mapped_column(String(64))
     model_name: Mapped[str] = mapped_column(String(128))
     model_version: Mapped[int] = mapped_column(Integer)
+    coverage: Mapped[str] = mapped_column(String(COVERAGE_LENGTH))
     image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id"))
     verdict: Mapped[str] = mapped_column(String(16))
     probability: Mapped[float | None] = mapped_column(Float)
@@ -122,6 +137,10 @@ class Result(Base):
     manipulated_area: Mapped[float | None] = mapped_column(Float)
     ai_mask_url: Mapped[str | None] = mapped_column(String(URL_LENGTH))
     manipulation_mask_url: Mapped[str | None] = mapped_column(String(URL_LENGTH))
+    tiles_seen: Mapped[int | None] = mapped_column(Integer)
+    tiles_total: Mapped[int | None] = mapped_column(Integer)
+    seen_fraction: Mapped[float | None] = mapped_column(Float)
+    top_tile: Mapped[list[int] | None] = mapped_column(JSON(none_as_null=True))  # NULL, not JSON null
     error_reason: Mapped[str | None] = mapped_column(String(64))
     error_detail: Mapped[str | None] = mapped_column(Text)
     fetch_ms: Mapped[float | None] = mapped_column(Float)

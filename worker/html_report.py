@@ -1,11 +1,14 @@
 """``gamma-report SCAN_ID --html out.html``: one static, self-contained HTML page of a scan's flagged images.
 
-Each flagged image (``ai-generated``, ``manipulated``, ``needs-review``) gets a row: the 512x512 crop the model saw
-(re-made from the original bytes with :func:`gamma.preprocess.preprocess`, so the masks line up exactly), the crop
-with its AI mask in red and with its manipulation mask in blue (the stored 128x128 PNGs scaled by 4), probability,
-verdict and areas. Every picture is a ``data:`` URI made with Pillow: the page needs no server and no bucket
-access to be viewed, and it can be mailed. The table sorts by clicking a header (a few lines of inline JS); the
-page's URL fragment ``#sort=COLUMN:asc|desc`` picks the initial order.
+Each flagged image (``ai-generated``, ``manipulated``, ``needs-review``) gets a row: the whole image (decoded from
+the original bytes as the preprocessing contract decodes them, EXIF orientation applied, so the stored masks lie
+over it exactly; downsized for the page), the image with its AI mask in red and with its manipulation mask in
+blue, probability, verdict, areas and how many of the image's tiles the model saw. The masks are the stored
+full-image PNGs (stride 4, :mod:`worker.masks`) scaled over the whole image; where no tile looked the image is
+darkened (a mask is 0 there: "not looked at", not "clean"), and the most suspicious tile is outlined in yellow.
+Every picture is a ``data:`` URI made with Pillow: the page needs no server and no bucket access to be viewed,
+and it can be mailed. The table sorts by clicking a header (a few lines of inline JS); the page's URL fragment
+``#sort=COLUMN:asc|desc`` picks the initial order.
 
 Nothing secret goes in: no database URL, no endpoint, no credentials. URLs shown are stripped of user info and
 query strings (a presigned URL's signature) by :func:`redact`.
@@ -16,6 +19,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +33,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from gamma.preprocess import CROP_SIZE, PreprocessLimits
+from gamma.preprocess import PreprocessLimits
+from gamma.tiling import MASK_STRIDE, MAX_MASK_SIDE, Coverage, plan_tiles
 from gamma.verdict import Verdict
 from worker.db import Result, Scan, ScanItem, make_engine, session_factory
 from worker.reasons import Reason
@@ -38,10 +43,13 @@ from worker.settings import Settings
 from worker.storage import ObjectRef, ObjectUnreadable, S3Source, StorageUnavailable, parse_source, s3_client
 
 FLAGGED = (Verdict.AI_GENERATED.value, Verdict.MANIPULATED.value, Verdict.NEEDS_REVIEW.value)
-THUMB = 256
+THUMB = 256  # the longer side of every picture on the page (the image's aspect ratio is kept)
 AI_COLOUR = (255, 40, 40)
 MANIPULATION_COLOUR = (40, 110, 255)
+TOP_TILE_COLOUR = (255, 210, 0)
 MAX_OVERLAY_ALPHA = 0.65
+UNSEEN_BRIGHTNESS = 0.4  # parts no tile looked at, darkened to this
+LEGACY_CROP = 512  # contract v1's crop: its masks cover the centre square of this side (the short side if smaller)
 
 
 @dataclass
@@ -53,6 +61,10 @@ class Row:
     manipulated_area: float | None
     ai_mask_url: str | None
     manipulation_mask_url: str | None
+    coverage: str | None = None
+    tiles_seen: int | None = None
+    tiles_total: int | None = None
+    top_tile: list[int] | None = None  # [left, top, right, bottom] in upright image pixels
 
 
 def redact(url: str) -> str:
@@ -112,46 +124,133 @@ def _placeholder(text: str) -> Image.Image:
     return image
 
 
-def blank_crop() -> Image.Image:
-    """Dark stand-in of the crop's size, under a mask whose original cannot be read (the mask still scales to it)."""
-    return Image.new("RGB", (CROP_SIZE, CROP_SIZE), (30, 30, 30))
+def whole_image(data: bytes, limits: PreprocessLimits | None = None) -> Image.Image:
+    """The upright whole image, decoded as the preprocessing contract decodes it (EXIF orientation applied): the
+    frame the tiles were cut from and the stored masks cover. Full resolution; :func:`display_size` shrinks it."""
+    from gamma.preprocess import DEFAULT_LIMITS, decode_rgb
+
+    return Image.fromarray(decode_rgb(data, limits or DEFAULT_LIMITS))
 
 
-def crop_image(data: bytes, limits: PreprocessLimits | None = None) -> Image.Image:
-    """The 512x512 RGB crop the model saw (the preprocessing contract), as a Pillow image."""
-    from gamma.preprocess import DEFAULT_LIMITS, preprocess
+def stand_in(mask_shape: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) of the image a (rows, columns) full-image mask covers, to within the stride: the frame of
+    the dark stand-in drawn under a mask whose original cannot be read (the mask still shows where it flags)."""
+    rows, cols = mask_shape
+    return cols * MASK_STRIDE, rows * MASK_STRIDE
 
-    crop = preprocess(data, limits or DEFAULT_LIMITS)  # (3, CROP_SIZE, CROP_SIZE) uint8
-    return Image.fromarray(np.ascontiguousarray(np.transpose(crop, (1, 2, 0))))
+
+def display_size(width: int, height: int) -> tuple[int, int]:
+    """A ``width`` x ``height`` image scaled so its longer side is :data:`THUMB` (the page's pictures)."""
+    scale = THUMB / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def overlay(base: Image.Image, mask_png: bytes, colour: tuple[int, int, int]) -> Image.Image:
-    """``base`` with ``colour`` blended in where the mask is high (alpha = probability x 0.65)."""
+def mask_box(shape: tuple[int, int], width: int, height: int) -> tuple[float, float, float, float] | None:
+    """The region of a stored (rows, columns) mask that covers a ``width`` x ``height`` image, in mask pixels.
+
+    A contract-v2 mask covers the whole image at stride 4, or 4 x the max-pooling factor when a side of the
+    stride-4 mask exceeded MAX_MASK_SIDE (gamma.tiling.cap_mask); its last row and column may reach up to a
+    stride past the image, hence the fractional box. None when the mask has another shape: one from contract v1.
+    """
+    rows, cols = math.ceil(height / MASK_STRIDE), math.ceil(width / MASK_STRIDE)
+    factor = max(1, math.ceil(max(rows, cols) / MAX_MASK_SIDE))
+    if shape != (math.ceil(rows / factor), math.ceil(cols / factor)):
+        return None
+    stride = MASK_STRIDE * factor
+    return 0.0, 0.0, width / stride, height / stride
+
+
+def mask_layer(mask_png: bytes, width: int, height: int, size: tuple[int, int]) -> Image.Image:
+    """A stored mask as a greyscale layer over the ``width`` x ``height`` image shown at ``size``."""
     with Image.open(io.BytesIO(mask_png)) as opened:
-        mask = opened.convert("L").resize(base.size, Image.Resampling.BILINEAR)
-    alpha = Image.fromarray((np.asarray(mask, dtype=np.float32) * MAX_OVERLAY_ALPHA).astype(np.uint8))
+        mask = opened.convert("L")
+    box = mask_box((mask.height, mask.width), width, height)
+    if box is not None:
+        return mask.resize(size, Image.Resampling.BILINEAR, box=box)
+    # A result from contract v1 (before tiling): its mask covers the centre square its 512 crop was cut from.
+    scale = size[0] / width
+    side = min(width, height, LEGACY_CROP)
+    layer = Image.new("L", size, 0)
+    shown = max(1, round(side * scale))
+    square = mask.resize((shown, shown), Image.Resampling.BILINEAR)
+    layer.paste(square, (round((width - side) / 2 * scale), round((height - side) / 2 * scale)))
+    return layer
+
+
+def seen_layer(coverage: str | None, width: int, height: int, size: tuple[int, int]) -> Image.Image | None:
+    """255 where a tile of ``coverage`` looked at the image, 0 elsewhere, at ``size``; None when not known (a
+    result from before contract v2, an image the plan refuses). Re-made from the plan: tiles are a function of
+    the image's size and the mode, so nothing per tile needs storing."""
+    if coverage not in tuple(Coverage):
+        return None
+    try:
+        plan = plan_tiles(width, height, coverage)
+    except ValueError:
+        return None
+    seen = Image.fromarray(plan.seen().astype(np.uint8) * 255)
+    return seen.resize(size, Image.Resampling.NEAREST, box=(0, 0, width / MASK_STRIDE, height / MASK_STRIDE))
+
+
+def overlay(base: Image.Image, layer: Image.Image, colour: tuple[int, int, int]) -> Image.Image:
+    """``base`` with ``colour`` blended in where the ``layer`` (a mask at ``base``'s size) is high
+    (alpha = probability x 0.65)."""
+    alpha = Image.fromarray((np.asarray(layer, dtype=np.float32) * MAX_OVERLAY_ALPHA).astype(np.uint8))
     return Image.composite(Image.new("RGB", base.size, colour), base, alpha)
 
 
+def outline(image: Image.Image, box: list[int] | None, width: int) -> Image.Image:
+    """``image`` (a ``width``-px-wide image shown at its size) with the tile ``box`` (image pixels) outlined."""
+    if not box or len(box) != 4:
+        return image
+    from PIL import ImageDraw
+
+    scale = image.width / width
+    left, top, right, bottom = (round(v * scale) for v in box)
+    ImageDraw.Draw(image).rectangle((left, top, max(left, right - 1), max(top, bottom - 1)), outline=TOP_TILE_COLOUR,
+                                    width=2)  # fmt: skip
+    return image
+
+
 def pictures(reader: Reader, source_uri: str, row: Row) -> tuple[str, str, str]:
-    """Data URIs of the crop, the crop + AI mask, the crop + manipulation mask (placeholders when unreadable)."""
+    """Data URIs of the image, the image + AI mask, the image + manipulation mask (placeholders when unreadable).
+
+    The masks lie over the whole image (darkened where no tile looked); the most suspicious tile is outlined.
+    An original that cannot be read is drawn as a dark stand-in of its mask's frame, so the masks still show.
+    """
+    base: Image.Image | None = None
+    frame: tuple[int, int] | None = None  # (width, height) of the upright original
+    reason = ""
     try:
-        base = crop_image(reader.original(source_uri, row.key), reader.limits)
+        full = whole_image(reader.original(source_uri, row.key), reader.limits)
+        frame = full.size
+        base = full.resize(display_size(*frame), Image.Resampling.LANCZOS)
+        del full
     except (ObjectUnreadable, StorageUnavailable, OSError, ValueError) as error:
-        base = None
         too_large = getattr(error, "reason", "") in (Reason.TOO_MANY_BYTES, Reason.TOO_MANY_PIXELS)
         reason = TOO_LARGE if too_large else type(error).__name__
+    exact = base is not None  # a stand-in's frame is the mask's, to within the stride: no tile plan on it
     thumbs = []
     for url, colour in ((row.ai_mask_url, AI_COLOUR), (row.manipulation_mask_url, MANIPULATION_COLOUR)):
         try:
             if url is None:
                 raise ValueError("no mask")
             mask = reader.url(url)
-            shown = overlay(base if base is not None else blank_crop(), mask, colour)
-            thumbs.append(_data_uri(shown.resize((THUMB, THUMB), Image.Resampling.LANCZOS)))
+            if base is None or frame is None:
+                with Image.open(io.BytesIO(mask)) as opened:
+                    frame = stand_in((opened.height, opened.width))
+                base = Image.new("RGB", display_size(*frame), (30, 30, 30))
+            shown = overlay(base, mask_layer(mask, *frame, base.size), colour)
+            seen = seen_layer(row.coverage, *frame, base.size) if exact else None
+            if seen is not None:
+                darker = Image.eval(shown, lambda v: int(v * UNSEEN_BRIGHTNESS))
+                shown = Image.composite(shown, darker, seen)
+            thumbs.append(_data_uri(outline(shown, row.top_tile, frame[0])))
         except (ObjectUnreadable, StorageUnavailable, OSError, ValueError):
             thumbs.append(_data_uri(_placeholder("mask unavailable")))
-    original = base.resize((THUMB, THUMB), Image.Resampling.LANCZOS) if base is not None else _placeholder(reason)
+    if exact and base is not None and frame is not None:
+        original = outline(base.copy(), row.top_tile, frame[0])
+    else:
+        original = _placeholder(reason)
     return _data_uri(original), thumbs[0], thumbs[1]
 
 
@@ -165,7 +264,7 @@ def flagged_rows(session: Session, scan_id: int, limit: int) -> list[Row]:
     ).all()
     return [
         Row(key, r.verdict, float(r.probability or 0.0), r.ai_area, r.manipulated_area, r.ai_mask_url,
-            r.manipulation_mask_url)
+            r.manipulation_mask_url, r.coverage, r.tiles_seen, r.tiles_total, r.top_tile)
         for key, r in rows
     ]  # fmt: skip
 
@@ -174,7 +273,8 @@ STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em;background:#fafafa;color:#222}
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:middle}
 th{cursor:pointer;background:#eee;user-select:none}th.asc::after{content:" ▲"}th.desc::after{content:" ▼"}
-td.key{max-width:22em;word-break:break-all;font-family:monospace}img{display:block;width:160px;height:160px}
+td.key{max-width:22em;word-break:break-all;font-family:monospace}
+img{display:block;max-width:200px;max-height:200px;width:auto;height:auto}
 .v-ai-generated{color:#b00}.v-manipulated{color:#036}.v-needs-review{color:#850}
 """
 
@@ -205,7 +305,22 @@ SCRIPT = """
 """
 
 COLUMNS = (("key", "key", "str"), ("verdict", "verdict", "str"), ("probability", "probability", "num"),
-           ("ai_area", "AI area", "num"), ("manipulated_area", "manipulated area", "num"))  # fmt: skip
+           ("ai_area", "AI area", "num"), ("manipulated_area", "manipulated area", "num"),
+           ("tiles", "tiles seen", "num"))  # fmt: skip
+
+
+def _legend(coverage: str | None) -> str:
+    mode = f"coverage {html.escape(coverage)}: " if coverage else ""
+    return (f"Masks over the whole image ({mode}darkened where no tile looked): red, AI-generated; blue, "
+            "manipulation. Yellow: the most suspicious tile.")  # fmt: skip
+
+
+def _tiles_cell(row: Row) -> tuple[str, str]:
+    """(sort value, shown) of the tiles column: the share of the image's tiles seen, "seen/total mode"."""
+    if row.tiles_seen is None or not row.tiles_total:
+        return "0", "" if row.coverage is None else html.escape(row.coverage)  # a result from before contract v2
+    shown = f"{row.tiles_seen}/{row.tiles_total}" + (f" {html.escape(row.coverage)}" if row.coverage else "")
+    return f"{row.tiles_seen / row.tiles_total:.6f}", shown
 
 
 def render(session: Session, scan_id: int, reader: Reader, limit: int = 500) -> str:
@@ -225,7 +340,7 @@ def render(session: Session, scan_id: int, reader: Reader, limit: int = 500) -> 
         + ", ".join(f"{e(v)}: {n}" for v, n in sorted(summary.verdicts.items()))
         + f". {len(rows)} flagged image(s) shown"
         + (f" (the {limit} most probable)" if len(rows) == limit else "")
-        + ". Red: AI-generated mask; blue: manipulation mask (the 512x512 crop the model saw).</p>",
+        + f". {_legend(scan.coverage)}</p>",
         f'<table id="flagged" data-scan="{scan_id}" data-sorted-by="probability:desc"><thead><tr>',
         "<th>image</th><th>AI mask</th><th>manipulation mask</th>",
         *(f'<th data-col="{col}" data-type="{kind}">{e(title)}</th>' for col, title, kind in COLUMNS),
@@ -239,6 +354,7 @@ def render(session: Session, scan_id: int, reader: Reader, limit: int = 500) -> 
             "probability": (f"{row.probability:.6f}", f"{row.probability:.3f}"),
             "ai_area": (f"{row.ai_area or 0.0:.6f}", f"{row.ai_area or 0.0:.1%}"),
             "manipulated_area": (f"{row.manipulated_area or 0.0:.6f}", f"{row.manipulated_area or 0.0:.1%}"),
+            "tiles": _tiles_cell(row),
         }
         out.append(f'<tr class="flagged" data-key="{e(row.key)}" data-verdict="{e(row.verdict)}">')
         for uri, alt in ((original, "image"), (ai, "AI mask"), (manipulation, "manipulation mask")):

@@ -1,14 +1,18 @@
 """Mask files: PNG encoding, content-addressed names, and writing them to S3 or a folder.
 
-Masks are stored at the model's native resolution, 128x128 (stride 4 of the 512x512 preprocessed crop), as
-8-bit greyscale PNGs whose pixel value is the probability x 255 — exactly the tensor that crossed the wire.
-Upsampling to 512 would store 16x the pixels and no information. A mask covers the crop the model saw, i.e.
-the centre 512x512 of the image after :mod:`gamma.preprocess` upsized its short side to 512 if it was
-smaller; a viewer scales the PNG by 4 and places it there.
+A mask covers the whole image (contract v2, :mod:`gamma.tiling`): ``ceil(H/4)`` x ``ceil(W/4)`` pixels, one per
+4x4 block of the upright image (EXIF orientation applied, as the model saw it), stitched from the tiles the model
+looked at, which keep the maximum where they overlap. Parts no tile looked at (outside the centre tile under
+``centre``, between the corners under ``five``) are 0: "not looked at", not "clean". Above
+:data:`gamma.tiling.MAX_MASK_SIDE` per side (8192-px images) the mask is max-pooled by the smallest integer factor
+that fits, so its stride is 4 x that factor. A mask is an 8-bit greyscale PNG whose pixel value is the
+probability x 255, exactly what the model output; a viewer scales it by its stride to lay it over the original.
+Upsampling it here would store 16x the pixels and no information.
 
-Names are derived from the image content and the model, ``{prefix}/{model}/v{version}/{sha[:2]}/{sha}/ai.png``:
-a redelivered task or a second scan of the same bytes overwrites the same two objects instead of leaving
-orphans, which is what makes writing masks before the database commit safe.
+Names are derived from the image content, the model and the coverage mode,
+``{prefix}/{model}/v{version}/{coverage}/{sha[:2]}/{sha}/ai.png``: a redelivered task or a second scan of the
+same bytes overwrites the same two objects instead of leaving orphans, which is what makes writing masks before
+the database commit safe; and a ``full`` scan's masks never overwrite those a ``centre`` scan's result points at.
 
 The database keeps the URL as written (``s3://bucket/key`` or ``file://``). When the masks bucket is private,
 ``GAMMA_MASKS_PRESIGN=SECONDS`` makes what people read (``gamma-scan --json``) carry presigned HTTP(S) GET URLs
@@ -35,7 +39,7 @@ class Sink(Protocol):
 
 
 def encode_png(mask: np.ndarray) -> bytes:
-    """uint8 (H, W) probabilities -> PNG bytes (lossless; a few hundred bytes for smooth masks)."""
+    """uint8 (rows, columns) probabilities -> PNG bytes (lossless; small for smooth or mostly unseen masks)."""
     array = np.ascontiguousarray(mask, dtype=np.uint8)
     if array.ndim != 2:
         raise ValueError(f"mask must be (H, W), got {array.shape}")
@@ -49,8 +53,8 @@ def decode_png(data: bytes) -> np.ndarray:
         return np.asarray(image.convert("L"))
 
 
-def mask_key(sha256: str, model_name: str, model_version: int, kind: str) -> str:
-    return f"{model_name}/v{model_version}/{sha256[:2]}/{sha256}/{kind}.png"
+def mask_key(sha256: str, model_name: str, model_version: int, kind: str, coverage: str) -> str:
+    return f"{model_name}/v{model_version}/{coverage}/{sha256[:2]}/{sha256}/{kind}.png"
 
 
 class MaskStore:
@@ -69,8 +73,9 @@ class MaskStore:
             return cls(target, target.prefix)
         return cls(target)
 
-    def put(self, sha256: str, model_name: str, model_version: int, kind: str, mask: np.ndarray) -> str:
-        key = mask_key(sha256, model_name, model_version, kind)
+    def put(self, sha256: str, model_name: str, model_version: int, kind: str, mask: np.ndarray, coverage: str) -> str:
+        """Write ``mask`` (uint8, any (rows, columns): a full-image mask) and return its URL."""
+        key = mask_key(sha256, model_name, model_version, kind, coverage)
         return self.sink.put(f"{self.prefix}/{key}" if self.prefix else key, encode_png(mask), PNG_TYPE)
 
 

@@ -40,7 +40,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 IMAGES = Counter("gamma_images", "Images recorded, by verdict (error included)", ["verdict"])
 ERRORS = Counter("gamma_image_errors", "Images recorded with verdict=error, by reason", ["reason"])
 REUSED = Counter("gamma_images_reused", "Images whose earlier result of the same model version was reused")
-BATCH_SIZE = Histogram("gamma_inference_batch_size", "Images per inference call", buckets=BATCH_BUCKETS)
+# Tiles, not images, since contract v2: one image is 1 to many tiles, batched across images (gamma.inference).
+BATCH_SIZE = Histogram("gamma_inference_batch_size", "Tiles per inference call", buckets=BATCH_BUCKETS)
 INFERENCE_SECONDS = Histogram("gamma_inference_seconds", "Seconds per inference call (batch)", buckets=LATENCY_BUCKETS)
 PREPROCESS_SECONDS = Histogram(
     "gamma_preprocess_seconds", "Seconds of decoding and preprocessing per image (amortised)", buckets=LATENCY_BUCKETS

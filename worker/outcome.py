@@ -10,6 +10,7 @@ import hashlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from gamma.tiling import DEFAULT_COVERAGE
 from gamma.verdict import Verdict
 
 
@@ -22,8 +23,19 @@ def unread_content_id(object_uri: str, reason: str) -> str:
     return hashlib.sha256(f"gamma:unread:{reason}:{object_uri}".encode()).hexdigest()
 
 
+# Fields a judged outcome has and an error outcome does not (to_dict leaves them out of an error).
+JUDGED_ONLY = (
+    "probability", "ai_area", "manipulated_area", "ai_mask_url", "manipulation_mask_url", "tiles_seen", "tiles_total",
+    "seen_fraction", "top_tile",
+)  # fmt: skip
+
+
 @dataclass
 class Outcome:
+    """``coverage`` is the mode the object was judged (or failed) under: part of its result's identity, so every
+    outcome has one, errors included. ``tiles_seen``/``tiles_total``/``seen_fraction``/``top_tile`` say what the
+    model looked at (:meth:`gamma.tiling.TileOutputs.summary`); None on errors."""
+
     key: str
     sha256: str
     verdict: str
@@ -35,6 +47,11 @@ class Outcome:
     manipulated_area: float | None = None
     ai_mask_url: str | None = None
     manipulation_mask_url: str | None = None
+    coverage: str = DEFAULT_COVERAGE.value
+    tiles_seen: int | None = None
+    tiles_total: int | None = None
+    seen_fraction: float | None = None
+    top_tile: list[int] | None = None
     error_reason: str | None = None
     error_detail: str | None = None
     fetch_ms: float | None = None
@@ -58,6 +75,11 @@ class Outcome:
             manipulated_area=result.manipulated_area,
             ai_mask_url=result.ai_mask_url,
             manipulation_mask_url=result.manipulation_mask_url,
+            coverage=result.coverage,
+            tiles_seen=result.tiles_seen,
+            tiles_total=result.tiles_total,
+            seen_fraction=result.seen_fraction,
+            top_tile=list(result.top_tile) if result.top_tile is not None else None,
             error_reason=result.error_reason,
             error_detail=result.error_detail,
             result_id=result.id,
@@ -87,7 +109,7 @@ class Outcome:
         del data["bytes_read"]
         data["reused"] = data.pop("result_id") is not None
         if self.is_error:
-            for name in ("probability", "ai_area", "manipulated_area", "ai_mask_url", "manipulation_mask_url"):
+            for name in JUDGED_ONLY:
                 data.pop(name)
         else:
             data.pop("error_reason")

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from gamma.inference import Detector, ImageResult
+from gamma.tiling import parse_coverage
 from worker import metrics
 from worker.outcome import Outcome
 from worker.records import known_by_content, known_by_etag, record_outcomes, unprocessed_keys
@@ -55,8 +56,12 @@ def _judged(
     version: int,
 ) -> Outcome:
     assert result.judgement is not None and result.ai_mask is not None and result.manipulation_mask is not None
-    ai_url = pool.submit(runtime.masks.put, sha256, name, version, "ai", result.ai_mask)
-    manipulation_url = pool.submit(runtime.masks.put, sha256, name, version, "manipulation", result.manipulation_mask)
+    assert result.tiles is not None
+    plan = result.tiles.plan
+    coverage = plan.coverage.value
+    put = runtime.masks.put
+    ai_url = pool.submit(put, sha256, name, version, "ai", result.ai_mask, coverage)
+    manipulation_url = pool.submit(put, sha256, name, version, "manipulation", result.manipulation_mask, coverage)
     judgement = result.judgement
     return Outcome(
         key=ref.key,
@@ -69,6 +74,11 @@ def _judged(
         manipulated_area=judgement.manipulated_area,
         ai_mask_url=ai_url.result(),
         manipulation_mask_url=manipulation_url.result(),
+        coverage=coverage,
+        tiles_seen=plan.tiles_seen,
+        tiles_total=plan.grid,
+        seen_fraction=round(plan.seen_fraction(), 4),  # as gamma-classify prints it (TileOutputs.summary)
+        top_tile=list(result.tiles.top_tile),
     )
 
 
@@ -83,11 +93,12 @@ def classify_chunk(
 
     ``detector`` (default: :meth:`Runtime.pinned_detector`) holds the backend to one model version for the whole
     chunk: reuse lookups, inference, mask keys and the recorded version are all that version's, even if a Triton
-    server moves to another version meanwhile.
+    server moves to another version meanwhile. Its ``coverage`` is the chunk's: every outcome records it, errors
+    included.
 
     With ``reuse`` (incremental scans), a ref whose (bucket, key, ETag) already has a result of the loaded model
-    version is not even fetched, and fetched bytes whose sha256 already has one (a copy under another key) are
-    not inferred: both reuse the existing result row.
+    version under the same coverage is not even fetched, and fetched bytes whose sha256 already has one (a copy
+    under another key) are not inferred: both reuse the existing result row.
 
     Raises only for failures of a service (storage, backend); per-object problems become error outcomes.
     """
@@ -96,11 +107,11 @@ def classify_chunk(
     backend = detector.backend
     assert isinstance(backend, TimedBackend)
     max_bytes = detector.limits.max_bytes
-    name, version = backend.model_name, backend.model_version
+    name, version, coverage = backend.model_name, backend.model_version, detector.coverage.value
     outcomes: list[Outcome | None] = [None] * len(refs)
     if reuse:
         with runtime.sessions() as session:
-            known = known_by_etag(session, source.bucket, refs, name, version)
+            known = known_by_etag(session, source.bucket, refs, name, version, coverage)
         for index, ref in enumerate(refs):
             if ref.key in known:
                 outcomes[index] = Outcome.reused(ref.key, ref.etag, ref.size, known[ref.key][1])
@@ -119,12 +130,13 @@ def classify_chunk(
                     etag=ref.etag,
                     size=ref.size,
                     fetch_ms=fetch_ms,
+                    coverage=coverage,
                 )
             else:
                 readable.append((index, data, hashlib.sha256(data).hexdigest(), fetch_ms))
         if reuse and readable:
             with runtime.sessions() as session:
-                same_bytes = known_by_content(session, (sha for _, _, sha, _ in readable), name, version)
+                same_bytes = known_by_content(session, (sha for _, _, sha, _ in readable), name, version, coverage)
             for index, data, sha256, fetch_ms in readable:
                 if sha256 in same_bytes:
                     ref = refs[index]
@@ -156,6 +168,7 @@ def classify_chunk(
                     sha256=sha256,
                     etag=ref.etag,
                     size=len(data),
+                    coverage=coverage,
                 )
             else:
                 outcome = _judged(ref, sha256, len(data), result, runtime, pool, name, version)
@@ -167,12 +180,18 @@ def classify_chunk(
 
 
 def run_chunk(
-    runtime: Runtime, source_uri: str, refs: Sequence[ObjectRef], scan_id: int | None, reuse: bool = True
+    runtime: Runtime,
+    source_uri: str,
+    refs: Sequence[ObjectRef],
+    scan_id: int | None,
+    reuse: bool = True,
+    coverage: str | None = None,
 ) -> list[Outcome]:
     """Classify one chunk and record it (and the scan's new counts) in one transaction, under the one model
-    version that judged it (:meth:`Runtime.pinned_detector`)."""
+    version that judged it (:meth:`Runtime.pinned_detector`) and the scan's ``coverage`` (None: the process's
+    ``GAMMA_COVERAGE``)."""
     source = runtime.source(source_uri)
-    detector = runtime.pinned_detector()
+    detector = runtime.pinned_detector(coverage)
     outcomes = classify_chunk(runtime, source, refs, reuse, detector)
     backend = detector.backend
     with runtime.sessions.begin() as session:
@@ -182,20 +201,30 @@ def run_chunk(
 
 
 def mark_failed(
-    runtime: Runtime, source_uri: str, refs: Sequence[ObjectRef], scan_id: int | None, reason: str, detail: str
+    runtime: Runtime,
+    source_uri: str,
+    refs: Sequence[ObjectRef],
+    scan_id: int | None,
+    reason: str,
+    detail: str,
+    coverage: str | None = None,
 ) -> list[Outcome]:
     """Give each of ``refs`` still without a result in the scan an error result (``reason``), in one transaction.
 
     Called when a task gives up (retries exhausted, time limit, a bug): the scan then still completes, and the
-    images it could not judge say why instead of staying pending forever.
+    images it could not judge say why instead of staying pending forever. ``coverage``: the scan's (None: the
+    process's ``GAMMA_COVERAGE``), recorded on the error rows as on any result of the scan.
     """
     source = runtime.source(source_uri)
     name, version = runtime.model_identity()
+    coverage = parse_coverage(coverage or runtime.settings.coverage).value
     with runtime.sessions.begin() as session:
         keys = [ref.key for ref in refs]
         pending = set(unprocessed_keys(session, scan_id, keys) if scan_id is not None else keys)
         outcomes = [
-            Outcome.failed(ref.key, source.object_uri(ref.key), reason, detail, etag=ref.etag, size=ref.size)
+            Outcome.failed(
+                ref.key, source.object_uri(ref.key), reason, detail, etag=ref.etag, size=ref.size, coverage=coverage
+            )
             for ref in refs
             if ref.key in pending
         ]

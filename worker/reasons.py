@@ -1,9 +1,9 @@
 """Why an entry got ``verdict=error``: every reason code a scan can record, in one enum.
 
-Each code says whether it describes the *bytes* (``reusable``: the same bytes under the same model version get
-the same answer, so a rescan may reuse the result) or the *run* or the *place* (a service that was down, a time
-limit, a worker that died, a link or a file that could not be read at that moment): those are never reused,
-the next scan tries again.
+Each code says whether it describes the *bytes* (``reusable``: the same bytes under the same model version and
+coverage mode get the same answer, so a rescan may reuse the result) or the *run* or the *place* (a service that
+was down, a time limit, a worker that died, a link or a file that could not be read at that moment): those are
+never reused, the next scan tries again.
 
 The preprocessing codes are :data:`gamma.preprocess.REJECTION_REASONS` (the library cannot import the worker);
 a unit test keeps the two in step. Verdict strings come from :class:`gamma.verdict.Verdict`.
@@ -19,7 +19,7 @@ class Reason(StrEnum):
     EMPTY = "empty"
     TOO_MANY_BYTES = "too-many-bytes"
     TOO_MANY_PIXELS = "too-many-pixels"
-    TOO_SMALL = "too-small"
+    TOO_SMALL = "too-small"  # a side under gamma.tiling.MIN_SIDE (64 px), zero-sized included: never tiled
     EXTREME_ASPECT_RATIO = "extreme-aspect-ratio"
     TRUNCATED = "truncated"
     UNDECODABLE = "undecodable"

@@ -44,14 +44,24 @@ def _unique(rows: Iterable[dict[str, Any]], key: Sequence[str]) -> list[dict[str
     return [by_key[k] for k in sorted(by_key)]
 
 
-def create_scan(session: Session, source_uri: str, model_name: str) -> int:
-    scan = Scan(source_uri=source_uri, model_name=model_name, status="listing", total=0, processed=0, errors=0)
+def create_scan(session: Session, source_uri: str, model_name: str, coverage: str | None = None) -> int:
+    scan = Scan(
+        source_uri=source_uri,
+        model_name=model_name,
+        status="listing",
+        total=0,
+        processed=0,
+        errors=0,
+        coverage=coverage,
+    )
     session.add(scan)
     session.flush()
     return scan.id
 
 
-def claim_scan(session: Session, source_uri: str, model_name: str, submit_key: str) -> tuple[int, str | None]:
+def claim_scan(
+    session: Session, source_uri: str, model_name: str, submit_key: str, coverage: str | None = None
+) -> tuple[int, str | None]:
     """The scan of ``submit_key`` (a scheduled scan's "entry@fire time"): ``(id, None)`` if created now, else
     ``(id, its status)``. Race-safe: ``INSERT .. ON CONFLICT DO NOTHING`` on the unique key, so two deliveries of
     one beat message, even at the same moment, get the same scan."""
@@ -64,6 +74,7 @@ def claim_scan(session: Session, source_uri: str, model_name: str, submit_key: s
         "errors": 0,
         "created_at": utcnow(),
         "submit_key": submit_key,
+        "coverage": coverage,
     }
     statement = _insert(session, Scan.__table__).values(row).on_conflict_do_nothing(index_elements=["submit_key"])
     created = session.execute(statement.returning(Scan.__table__.c.id)).scalar_one_or_none()
@@ -144,14 +155,16 @@ def record_outcomes(
         ).returning(Image.id, Image.key, Image.sha256)
         image_ids = {(key, sha): id_ for id_, key, sha in session.execute(statement)}
 
+    # Result ids by the rows' natural key within this model version: (sha256, coverage).
     fresh = [o for o in outcomes if o.result_id is None]
-    result_ids = {o.sha256: o.result_id for o in outcomes if o.result_id is not None}
+    result_ids = {(o.sha256, o.coverage): o.result_id for o in outcomes if o.result_id is not None}
     result_rows = _unique(
         (
             {
                 "sha256": o.sha256,
                 "model_name": model_name,
                 "model_version": model_version,
+                "coverage": o.coverage,
                 "image_id": image_ids.get((o.key, o.sha256)),
                 "verdict": o.verdict,
                 "probability": o.probability,
@@ -159,6 +172,10 @@ def record_outcomes(
                 "manipulated_area": o.manipulated_area,
                 "ai_mask_url": o.ai_mask_url,
                 "manipulation_mask_url": o.manipulation_mask_url,
+                "tiles_seen": o.tiles_seen,
+                "tiles_total": o.tiles_total,
+                "seen_fraction": o.seen_fraction,
+                "top_tile": o.top_tile,
                 "error_reason": o.error_reason,
                 "error_detail": o.error_detail,
                 "fetch_ms": o.fetch_ms,
@@ -169,19 +186,19 @@ def record_outcomes(
             }
             for o in fresh
         ),
-        ("sha256",),
+        ("sha256", "coverage"),
     )
     if result_rows:
         statement = _insert(session, Result).values(result_rows)
         updated = {
             column: getattr(statement.excluded, column)
             for column in result_rows[0]
-            if column not in ("sha256", "model_name", "model_version", "created_at")
+            if column not in ("sha256", "model_name", "model_version", "coverage", "created_at")
         }
         statement = statement.on_conflict_do_update(
-            index_elements=["sha256", "model_name", "model_version"], set_=updated
-        ).returning(Result.id, Result.sha256)
-        result_ids.update({sha: id_ for id_, sha in session.execute(statement)})
+            index_elements=["sha256", "model_name", "model_version", "coverage"], set_=updated
+        ).returning(Result.id, Result.sha256, Result.coverage)
+        result_ids.update({(sha, coverage): id_ for id_, sha, coverage in session.execute(statement)})
 
     if scan_id is not None:
         item_rows = _unique(
@@ -190,7 +207,7 @@ def record_outcomes(
                     "scan_id": scan_id,
                     "key": key,
                     "image_id": image_ids.get((o.key, o.sha256)),
-                    "result_id": result_ids[o.sha256],
+                    "result_id": result_ids[(o.sha256, o.coverage)],
                     "updated_at": now,
                 }
                 for key, o in by_key.items()
@@ -206,7 +223,7 @@ def record_outcomes(
                 .execution_options(synchronize_session=False)
             )
         close_if_complete(session, scan_id)
-    return {key: result_ids[o.sha256] for key, o in by_key.items()}
+    return {key: result_ids[(o.sha256, o.coverage)] for key, o in by_key.items()}
 
 
 def unprocessed_keys(session: Session, scan_id: int, keys: Sequence[str]) -> list[str]:
@@ -338,6 +355,7 @@ class ScanSummary:
     error_reasons: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
     detail: str = ""  # what happened on the way: retries, redeliveries, why the listing failed
+    coverage: str = ""  # the scan's coverage mode ("" for a scan recorded before contract v2)
 
     @property
     def images_per_second(self) -> float:
@@ -356,6 +374,7 @@ class ScanSummary:
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 3),
             "detail": self.detail,
+            "coverage": self.coverage,
         }
 
 
@@ -378,6 +397,7 @@ def scan_summary(session: Session, scan_id: int) -> ScanSummary:
         total=scan.total,
         processed=scan.processed,
         detail=scan.detail or "",
+        coverage=scan.coverage or "",
     )
     for verdict, reason, count in rows:
         summary.verdicts[verdict] += count
@@ -388,39 +408,45 @@ def scan_summary(session: Session, scan_id: int) -> ScanSummary:
     return summary
 
 
-def _reusable(model_name: str, model_version: int) -> Any:
+def _reusable(model_name: str, model_version: int, coverage: str) -> Any:
+    """Results a scan may take as its own: this model version's, seen under the scan's coverage mode (a result
+    of the centre tile says nothing about the corners a ``full`` scan asks about), and not about a failed run."""
     return (
         (Result.model_name == model_name)
         & (Result.model_version == model_version)
+        & (Result.coverage == coverage)
         & or_(Result.verdict != ERROR, Result.error_reason.is_(None), Result.error_reason.not_in(NOT_REUSABLE_REASONS))
     )
 
 
 def known_by_etag(
-    session: Session, bucket: str, refs: Sequence[Any], model_name: str, model_version: int
+    session: Session, bucket: str, refs: Sequence[Any], model_name: str, model_version: int, coverage: str
 ) -> dict[str, tuple[int, Result]]:
     """key -> (image id, result) for those ``refs`` whose (bucket, key, ETag) already has a reusable result of
-    this model version: an unchanged object, nothing to fetch or infer. Refs without an ETag, or with a listing
-    reason (a FIFO, a refused link: :attr:`worker.storage.ObjectRef.reason`), never match."""
+    this model version under ``coverage``: an unchanged object, nothing to fetch or infer. Refs without an ETag,
+    or with a listing reason (a FIFO, a refused link: :attr:`worker.storage.ObjectRef.reason`), never match."""
     etags = {ref.key: ref.etag for ref in refs if ref.etag and not getattr(ref, "reason", "")}
     if not etags or model_version <= 0:
         return {}
     rows = session.execute(
         select(Image.id, Image.key, Image.etag, Result)
         .join(Result, Result.sha256 == Image.sha256)
-        .where(Image.bucket == bucket, Image.key.in_(list(etags)), _reusable(model_name, model_version))
+        .where(Image.bucket == bucket, Image.key.in_(list(etags)), _reusable(model_name, model_version, coverage))
     ).all()
     return {key: (image_id, result) for image_id, key, etag, result in rows if etags.get(key) == etag}
 
 
 def known_by_content(
-    session: Session, sha256s: Iterable[str], model_name: str, model_version: int
+    session: Session, sha256s: Iterable[str], model_name: str, model_version: int, coverage: str
 ) -> dict[str, Result]:
-    """sha256 -> reusable result of this model version for content already judged (under any key)."""
+    """sha256 -> reusable result of this model version under ``coverage`` for content already judged (under any
+    key)."""
     wanted = sorted(set(sha256s))
     if not wanted or model_version <= 0:
         return {}
-    rows = session.scalars(select(Result).where(Result.sha256.in_(wanted), _reusable(model_name, model_version)))
+    rows = session.scalars(
+        select(Result).where(Result.sha256.in_(wanted), _reusable(model_name, model_version, coverage))
+    )
     return {row.sha256: row for row in rows}
 
 

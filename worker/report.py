@@ -78,7 +78,8 @@ def wait_for_scan(
 
 
 def summary_table(summary: ScanSummary) -> Table:
-    table = Table(title=f"scan {summary.scan_id}: {summary.source_uri} ({summary.status}, {summary.model})")
+    coverage = f", coverage {summary.coverage}" if summary.coverage else ""
+    table = Table(title=f"scan {summary.scan_id}: {summary.source_uri} ({summary.status}, {summary.model}{coverage})")
     table.add_column("verdict")
     table.add_column("images", justify="right")
     table.add_column("share", justify="right")
@@ -99,13 +100,13 @@ def summary_table(summary: ScanSummary) -> Table:
 
 
 def image_table(sessions: sessionmaker, scan_id: int, limit: int = IMAGE_ROWS) -> Table | None:
-    """One row per image of the scan (verdict, probability, mask areas or the error), flagged images first and
-    at most ``limit`` rows; None for an empty scan."""
+    """One row per image of the scan (verdict, probability, mask areas, tiles seen of the image's tiles, or the
+    error), flagged images first and at most ``limit`` rows; None for an empty scan."""
     flagged = (Verdict.AI_GENERATED.value, Verdict.MANIPULATED.value, Verdict.NEEDS_REVIEW.value)
     flagged_first = case((Result.verdict.in_(flagged), 0), else_=1)
     query = (
         select(ScanItem.key, Result.verdict, Result.probability, Result.ai_area, Result.manipulated_area,
-               Result.error_reason)
+               Result.error_reason, Result.tiles_seen, Result.tiles_total)
         .join(Result, Result.id == ScanItem.result_id)
         .where(ScanItem.scan_id == scan_id)
         .order_by(flagged_first, Result.probability.desc().nulls_last(), ScanItem.key)
@@ -119,13 +120,14 @@ def image_table(sessions: sessionmaker, scan_id: int, limit: int = IMAGE_ROWS) -
         return None
     table = Table(title=f"scan {scan_id}: images" + (f" (first {len(rows)} of {judged})" if judged > len(rows) else ""))
     for name, justify in (("key", "left"), ("verdict", "left"), ("p(AI)", "right"), ("AI area", "right"),
-                          ("manipulated area", "right")):  # fmt: skip
+                          ("manipulated area", "right"), ("tiles", "right")):  # fmt: skip
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    for key, verdict, probability, ai_area, manipulated_area, reason in rows:
+    for key, verdict, probability, ai_area, manipulated_area, reason, seen, tiles in rows:
         if reason:
-            table.add_row(key, f"error: {reason}", "", "", "")
+            table.add_row(key, f"error: {reason}", "", "", "", "")
             continue
-        table.add_row(key, verdict, f"{probability:.3f}", f"{ai_area:.1%}", f"{manipulated_area:.1%}")
+        shown = f"{seen}/{tiles}" if seen is not None else ""  # a result from before contract v2 has no tiles
+        table.add_row(key, verdict, f"{probability:.3f}", f"{ai_area:.1%}", f"{manipulated_area:.1%}", shown)
     if judged > len(rows):
         table.caption = "all images: --json, or gamma-report SCAN_ID --html"
     return table

@@ -18,6 +18,7 @@ from sqlalchemy.orm import sessionmaker
 
 from gamma.inference import BatchOutputs, Detector, InferenceBackend, TorchBackend
 from gamma.preprocess import PreprocessLimits
+from gamma.tiling import Coverage, parse_coverage
 from gamma.verdict import VerdictThresholds
 from worker import metrics
 from worker.db import make_engine, migrate, session_factory
@@ -146,7 +147,9 @@ class Runtime:
     def detector(self) -> Detector:
         if self._detector is None:
             backend = TimedBackend(self.backend_factory())
-            self._detector = Detector(backend, preprocess_limits(self.settings), self.settings.preprocess_workers)
+            self._detector = Detector(
+                backend, preprocess_limits(self.settings), self.settings.preprocess_workers, self.settings.coverage
+            )
         return self._detector
 
     @property
@@ -155,11 +158,16 @@ class Runtime:
         assert isinstance(backend, TimedBackend)
         return backend
 
-    def pinned_detector(self) -> Detector:
+    def pinned_detector(self, coverage: Coverage | str | None = None) -> Detector:
         """A detector for one chunk: the same preprocessing, the backend held to one model version
-        (:func:`pin`), timed on its own. Read its ``backend.model_version`` for the version its results are of."""
+        (:func:`pin`), timed on its own. Read its ``backend.model_version`` for the version its results are of.
+
+        ``coverage``: the chunk's scan's mode (``None``: this process's ``GAMMA_COVERAGE``), so every chunk of a
+        scan sees the same tiles whichever worker runs it; the detector's ``coverage`` is what its results record.
+        """
         detector = self.detector
-        return Detector(TimedBackend(pin(self.backend.backend)), detector.limits, detector.workers)
+        chosen = parse_coverage(coverage) if coverage else detector.coverage
+        return Detector(TimedBackend(pin(self.backend.backend)), detector.limits, detector.workers, chosen)
 
     def model_identity(self) -> tuple[str, int]:
         """(name, version) of the loaded model; (configured name, 0) if the backend was never reached."""

@@ -115,9 +115,11 @@ def chunked(refs: Iterable[ObjectRef], size: int) -> Iterator[list[ObjectRef]]:
         yield chunk
 
 
-def open_scan(sessions: sessionmaker, source: S3Source | LocalSource, model_name: str) -> int:
+def open_scan(
+    sessions: sessionmaker, source: S3Source | LocalSource, model_name: str, coverage: str | None = None
+) -> int:
     with sessions.begin() as session:
-        return create_scan(session, source.uri, model_name)
+        return create_scan(session, source.uri, model_name, coverage)
 
 
 def list_into_scan(
@@ -126,13 +128,13 @@ def list_into_scan(
     source: S3Source | LocalSource,
     chunk_size: int,
     dispatch: Callable[[list[ObjectRef]], None],
-    skip_known: tuple[str, int] | None = None,
+    skip_known: tuple[str, int, str] | None = None,
 ) -> int:
     """List ``source`` into scan ``scan_id`` and call ``dispatch`` per chunk; returns the number of keys.
 
-    ``skip_known=(model name, version)`` makes the scan incremental at listing time: keys whose (bucket, key,
-    ETag) already has a result of that model version are linked to it right here and never dispatched; the
-    rest are re-chunked so workers still get full chunks.
+    ``skip_known=(model name, version, coverage)`` makes the scan incremental at listing time: keys whose
+    (bucket, key, ETag) already has a result of that model version under that coverage mode are linked to it
+    right here and never dispatched; the rest are re-chunked so workers still get full chunks.
 
     If listing or dispatching fails (no such bucket, S3 or the broker down) the scan is marked ``failed`` with
     the reason and the error propagates; chunks already dispatched still complete.

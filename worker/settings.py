@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
+from gamma.tiling import DEFAULT_COVERAGE, parse_coverage  # numpy only (loaded by these processes anyway)
+
 if TYPE_CHECKING:
     from gamma.preprocess import PreprocessLimits
 
@@ -35,6 +37,8 @@ class Settings:
     ``s3://bucket/prefix`` or a local folder. ``visibility_timeout_s`` is Redis' redelivery clock for
     unacknowledged (acks-late) tasks: it must exceed the hard time limit (and the longest retry countdown, which
     also waits unacknowledged), or a slow but healthy task is handed to a second worker while the first runs it.
+    ``coverage`` (``centre|five|full``, :mod:`gamma.tiling`) is the default tiling of new scans; a scan records
+    its own mode and sends it with every chunk, so workers with another default still judge it under its mode.
     """
 
     db_url: str = "sqlite:///gamma.db"
@@ -48,6 +52,7 @@ class Settings:
     masks_presign: int = 0  # > 0: s3:// mask URLs are shown as presigned GET URLs valid this many seconds
     model: str = DEFAULT_MODEL
     model_version: int = 0  # 0: what Triton serves / the checkpoint's metadata.json (rescans skip per version)
+    coverage: str = DEFAULT_COVERAGE.value
     chunk_size: int = 32
     # gamma-submit and the beat task wait while the broker queue holds this many chunks (0: never wait): a
     # million-key listing keeps at most this many messages in Redis, not ~31,000 (worker.scans.Backpressure).
@@ -79,6 +84,9 @@ class Settings:
     schedule: str = ""  # beat: inline JSON or a TOML/JSON file of {source, cron} (worker.schedule)
 
     def __post_init__(self) -> None:
+        # Normalised to the mode's name ("FULL " -> "full"): it is compared with stored rows' coverage, and a bad
+        # name fails here, at start-up, with the choices (one line in the CLIs) instead of in the first chunk.
+        object.__setattr__(self, "coverage", parse_coverage(self.coverage).value)
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size={self.chunk_size} must be >= 1")
         if self.max_queued_chunks < 0:

@@ -118,6 +118,9 @@ def submit_scan(
 ) -> Submitted:
     """List ``target`` into a new scan and queue its chunks; ``full`` re-infers everything (no reuse).
 
+    The scan is judged under ``settings.coverage`` (``gamma-submit --coverage``, else ``GAMMA_COVERAGE``): it is
+    recorded on the scan and sent with each chunk, and only results seen under that mode are reused.
+
     Queueing waits while the queue holds ``settings.max_queued_chunks`` chunks (:class:`Backpressure`), so on a
     large prefix this returns when the last chunk is queued, not long before the workers could take them.
 
@@ -142,11 +145,12 @@ def submit_scan(
         migrate(engine)
         sessions = session_factory(engine)
         name, version = (settings.model, 0) if full else resolve_model(settings)
+        coverage = settings.coverage
         if submit_key is None:
-            scan_id, status = open_scan(sessions, source, settings.model), None
+            scan_id, status = open_scan(sessions, source, settings.model, coverage), None
         else:
             with sessions.begin() as session:
-                scan_id, status = claim_scan(session, source.uri, settings.model, submit_key)
+                scan_id, status = claim_scan(session, source.uri, settings.model, submit_key, coverage)
             if status not in (None, "listing"):
                 with sessions() as session:
                     total = session.get(Scan, scan_id).total  # type: ignore[union-attr]
@@ -155,7 +159,11 @@ def submit_scan(
             if status == "listing":
                 log.warning("scan %d of %s was left listing: listing it again", scan_id, submit_key)
         with sessions() as session:  # sent with every chunk: a worker on another database cannot mistake it
-            created_at = session.get(Scan, scan_id).created_at.isoformat()  # type: ignore[union-attr]
+            row = session.get(Scan, scan_id)
+            assert row is not None
+            created_at = row.created_at.isoformat()
+            coverage = row.coverage or coverage  # a scan claimed by an earlier delivery keeps the mode it has
+
         if on_open is not None:
             on_open(scan_id)
         producer = create_app(settings)
@@ -164,7 +172,9 @@ def submit_scan(
             producer.send_task(
                 TASK_NAME,
                 args=[scan_id, source.uri, encode_refs(chunk)],
-                kwargs={"reuse": not full, "scan_created_at": created_at},
+                # The scan's coverage travels with every chunk: workers whose GAMMA_COVERAGE differs still
+                # judge all of its images under the one mode the scan records.
+                kwargs={"reuse": not full, "scan_created_at": created_at, "coverage": coverage},
                 queue=settings.queue,
             )
 
@@ -184,7 +194,7 @@ def submit_scan(
             on_lift=note,
         )
         try:
-            skip = (name, version) if version else None
+            skip = (name, version, coverage) if version else None
             total = list_into_scan(sessions, scan_id, source, settings.chunk_size, dispatch, skip_known=skip)
         finally:
             depth.close()

@@ -31,6 +31,7 @@ from sqlalchemy.exc import OperationalError
 
 from deploy.triton_client import TritonError, TritonUnavailable
 from gamma.preprocess import warn_if_no_heif
+from gamma.tiling import Coverage
 from worker import metrics
 from worker.app import TASK_NAME, app, decode_refs, settings
 from worker.db import Scan, make_engine, migrate, utcnow
@@ -250,6 +251,14 @@ def _what(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0][:160] if lines else ''}"
 
 
+def _coverage(kwargs: dict[str, Any] | None) -> str | None:
+    """The coverage mode a chunk's message names (its scan's), to record its failures under. None in a message
+    queued before contract v2, or one naming no mode (its chunk failed for that): this worker's GAMMA_COVERAGE
+    then, since recording the failure must not fail the same way (the chunk would be requeued forever)."""
+    value = (kwargs or {}).get("coverage")
+    return value if value in tuple(Coverage) else None
+
+
 MAX_CARRIED_NOTES = 2  # per chunk: the first and the latest (a scan's detail is bounded: keep an outage short)
 
 
@@ -315,7 +324,9 @@ def _retry_or_give_up(
         note = f"{_stamp()} chunk of {len(refs)} retry {retries + 1}/{budget} in {countdown:.0f} s after {_what(exc)}"
         _retry(task, exc, countdown, _write_notes(runtime, scan_id, [*notes, note]))
     try:
-        mark_failed(runtime, source_uri, refs, scan_id, Reason.RETRIES_EXHAUSTED, _what(exc))
+        mark_failed(
+            runtime, source_uri, refs, scan_id, Reason.RETRIES_EXHAUSTED, _what(exc), _coverage(task.request.kwargs)
+        )
     except LookupError as record_exc:  # no such scan here: retrying cannot help
         _dead_letter(task, scan_id, source_uri, task.request.args[2], f"{_what(exc)}; not recorded: {record_exc}")
     except Exception as record_exc:
@@ -347,7 +358,7 @@ def _mark_worker_lost(
             "killer?)")  # fmt: skip
     log.error("chunk %s of scan %s: %s; marking its images worker-lost", task.request.id, scan_id, what)
     try:
-        mark_failed(runtime, source_uri, refs, scan_id, Reason.WORKER_LOST, what)
+        mark_failed(runtime, source_uri, refs, scan_id, Reason.WORKER_LOST, what, _coverage(task.request.kwargs))
     except LookupError as record_exc:  # no such scan here: retrying cannot help
         _dead_letter(task, scan_id, source_uri, task.request.args[2], f"{what}; not recorded: {record_exc}")
     except Exception as record_exc:
@@ -446,7 +457,7 @@ class ChunkTask(Task):
         log.error("chunk %s of scan %s failed for good (%s): %r", task_id, scan_id, reason, exc)
         try:
             with failure_runtime() as runtime:
-                mark_failed(runtime, source_uri, decode_refs(items), scan_id, reason, _what(exc))
+                mark_failed(runtime, source_uri, decode_refs(items), scan_id, reason, _what(exc), _coverage(kwargs))
                 _write_notes(runtime, scan_id, [f"{_stamp()} chunk of {len(items)} failed ({reason}): {_what(exc)}"])
         except LookupError as record_exc:  # the scan is not in this worker's database: requeueing cannot help
             try:
@@ -476,6 +487,7 @@ def scan_chunk(
     notes: list[str] | None = None,
     lost: int = 0,
     scan_created_at: str = "",
+    coverage: str = "",
 ) -> dict[str, int]:
     """Classify and record one chunk; returns counts (for logs: results live in the database).
 
@@ -486,6 +498,8 @@ def scan_chunk(
     ``scan_created_at``: when the submitter created the scan (ISO), so a scan of the same id and source in
     another database is not mistaken for it (:func:`scan_mismatch`). A chunk this worker cannot record is never
     inferred: it is requeued, then dead-lettered after ``max_deliveries`` (:func:`_refuse_unrecordable`).
+    ``coverage``: the scan's coverage mode (:mod:`gamma.tiling`), so every chunk of a scan sees the same tiles
+    whatever this worker's ``GAMMA_COVERAGE``; "" (a message from before contract v2): the worker's.
     """
     request = self.request
     deliveries = None if request.is_eager else delivery_counter().started(request.id, request.retries)
@@ -513,7 +527,7 @@ def scan_chunk(
     pending = _write_notes(runtime, scan_id, pending)
     try:
         try:
-            outcomes = run_chunk(runtime, source_uri, refs, scan_id, reuse)
+            outcomes = run_chunk(runtime, source_uri, refs, scan_id, reuse, coverage or None)
         except TRANSIENT_ERRORS as exc:
             _retry_or_give_up(self, runtime, scan_id, source_uri, refs, exc, pending)
             raise  # not reached: the line above always raises

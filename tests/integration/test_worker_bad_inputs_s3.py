@@ -28,13 +28,13 @@ PREFIX = "corpus/"
 
 
 def s3_cases() -> list[Case]:
-    jpeg = encode(photo(40, 30, 9), "JPEG")
+    jpeg = encode(photo(72, 64, 9), "JPEG")
     return [
         *cases(),
         Case("odd/../escape.jpg", jpeg, VERDICT),
-        Case("odd/./dot.jpg", encode(photo(41, 30, 10), "JPEG"), VERDICT),
-        Case("odd/ spaced / name .jpg", encode(photo(42, 30, 11), "JPEG"), VERDICT),
-        Case("odd/%20percent%2Fencoded.png", encode(photo(43, 30, 12), "PNG"), VERDICT),
+        Case("odd/./dot.jpg", encode(photo(73, 64, 10), "JPEG"), VERDICT),
+        Case("odd/ spaced / name .jpg", encode(photo(74, 64, 11), "JPEG"), VERDICT),
+        Case("odd/%20percent%2Fencoded.png", encode(photo(75, 64, 12), "PNG"), VERDICT),
     ]
 
 

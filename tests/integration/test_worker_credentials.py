@@ -67,7 +67,7 @@ def redis_with_password(tmp_path: Path) -> Iterator[int]:
 
 def _photo(index: int) -> bytes:
     rng = np.random.default_rng(index)
-    pixels = np.clip(rng.normal(120, 40, (40 + index, 56, 3)), 0, 255).astype(np.uint8)
+    pixels = np.clip(rng.normal(120, 40, (64 + index, 72, 3)), 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
     return buffer.getvalue()

@@ -100,7 +100,7 @@ def test_flower_shows_the_worker_and_its_scan_chunk_tasks(
 
         folder = tmp_path / "images"
         folder.mkdir()
-        Image.new("RGB", (48, 40), (30, 90, 160)).save(folder / "one.png")
+        Image.new("RGB", (80, 64), (30, 90, 160)).save(folder / "one.png")
         scan_id = submit_scan(settings, str(folder)).scan_id
         deadline = time.monotonic() + 60
         tasks: dict[str, Any] = {}

@@ -44,7 +44,7 @@ def test_gamma_scan_json_prints_presigned_mask_urls_that_plain_http_can_fetch(
     folder = tmp_path / "images"
     folder.mkdir()
     for index in range(3):
-        Image.new("RGB", (60 + index, 40), (50 * index, 90, 200 - 40 * index)).save(folder / f"{index}.png")
+        Image.new("RGB", (70 + index, 64), (50 * index, 90, 200 - 40 * index)).save(folder / f"{index}.png")
     (folder / "broken.jpg").write_bytes(b"not a jpeg")
     db_url = f"sqlite:///{tmp_path / 'gamma.db'}"
     assert tiny_checkpoint.path is not None
@@ -65,7 +65,7 @@ def test_gamma_scan_json_prints_presigned_mask_urls_that_plain_http_can_fetch(
             url = line[name]
             parsed = urlparse(url)
             assert f"{parsed.scheme}://{parsed.netloc}" == s3_endpoint  # the configured endpoint, path-style
-            assert parsed.path.startswith(f"/{BUCKET}/scans/gamma-test/v1/")
+            assert parsed.path.startswith(f"/{BUCKET}/scans/gamma-test/v1/five/")  # the default coverage
             query = parse_qs(parsed.query)
             assert query["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"] and query["X-Amz-Expires"] == ["900"]
             assert "presign-test-secret" not in url
@@ -74,7 +74,8 @@ def test_gamma_scan_json_prints_presigned_mask_urls_that_plain_http_can_fetch(
                 body = response.read()
             stored = s3.get_object(Bucket=BUCKET, Key=parsed.path.removeprefix(f"/{BUCKET}/"))["Body"].read()
             assert body == stored and body.startswith(b"\x89PNG")
-            assert decode_png(body).shape == (128, 128)
+            width = 70 + int(line["key"].removesuffix(".png"))
+            assert decode_png(body).shape == (16, (width + 3) // 4)  # the whole 64 px high image at stride 4
             with pytest.raises(urllib.error.HTTPError) as unsigned:  # the bucket is private: unsigned is refused
                 urllib.request.urlopen(f"{s3_endpoint}{parsed.path}", timeout=10)
             assert unsigned.value.code == 403

@@ -25,7 +25,7 @@ def test_prefork_children_are_summed_on_one_port(
     folder = tmp_path / "images"
     folder.mkdir()
     for index in range(4):
-        Image.new("RGB", (40 + index, 32), (60 * index, 20, 120)).save(folder / f"{index}.png")
+        Image.new("RGB", (70 + index, 64), (60 * index, 20, 120)).save(folder / f"{index}.png")
     (folder / "notes.jpg").write_bytes(b"not a jpeg")
     port = free_port()
     assert tiny_checkpoint.path is not None

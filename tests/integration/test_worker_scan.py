@@ -52,13 +52,20 @@ PREFIX = "uploads/2024/"
 
 def _image(index: int) -> tuple[str, bytes]:
     rng = np.random.default_rng(index)
-    height, width = 48 + 7 * index, 64 + 5 * (index % 5)
+    height, width = 64 + 7 * index, 64 + 5 * (index % 5)
     base = rng.integers(0, 255, (1, 1, 3)) + np.linspace(0, 60, width)[None, :, None]
     pixels = np.clip(base + rng.normal(0, 12, (height, width, 3)), 0, 255).astype(np.uint8)
     fmt, suffix = [("JPEG", "jpg"), ("PNG", "png"), ("WEBP", "webp")][index % 3]
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format=fmt)
     return f"photos/{index:02d}.{suffix}", buffer.getvalue()
+
+
+def _mask_shape(data: bytes) -> tuple[int, int]:
+    """(rows, columns) of an image's full-image masks: ceil(H/4) x ceil(W/4)."""
+    with Image.open(io.BytesIO(data)) as image:
+        width, height = image.size
+    return (height + 3) // 4, (width + 3) // 4
 
 
 def make_objects() -> dict[str, bytes]:
@@ -169,12 +176,12 @@ def test_submit_scan_resubmit(stack: Stack, tiny_checkpoint: Checkpoint) -> None
 
     judged = {key: r for key, r in rows.items() if r.verdict != "error"}
     assert len(judged) == GOOD
-    for result in judged.values():
+    for key, result in judged.items():
         for url in (result.ai_mask_url, result.manipulation_mask_url):
             assert url is not None
             parsed = urlparse(url)
             body = stack.s3.get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["Body"].read()
-            assert decode_png(body).shape == (128, 128)
+            assert decode_png(body).shape == _mask_shape(stack.objects[key])
 
     c = tiny_checkpoint
     reference = Detector(TorchBackend(c.model, c.config, c.name, c.version)).classify_bytes(
@@ -203,9 +210,9 @@ MICRO = MICRO_CONFIG
 
 
 def _small_image(index: int) -> tuple[str, bytes]:
-    """A small photo-like image (32-87 x 40-103 px; upsized to 512 by the contract), JPEG, PNG or WebP."""
+    """A small photo-like image (64-119 x 64-127 px: one tile at its own resolution), JPEG, PNG or WebP."""
     rng = np.random.default_rng(1000 + index)
-    height, width = 32 + (index * 7) % 56, 40 + (index * 11) % 64
+    height, width = 64 + (index * 7) % 56, 64 + (index * 11) % 64
     base = rng.integers(0, 255, (1, 1, 3)) + np.linspace(0, 80, width)[None, :, None]
     pixels = np.clip(base + rng.normal(0, 10 + index % 30, (height, width, 3)), 0, 255).astype(np.uint8)
     fmt, suffix = [("JPEG", "jpg"), ("PNG", "png"), ("WEBP", "webp")][index % 3]
@@ -325,7 +332,7 @@ def test_a_few_hundred_images_through_redis_and_celery(
             parsed = urlparse(url)
             body = s3.get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["Body"].read()
             stored = decode_png(body).astype(int)
-            assert stored.shape == (128, 128)
+            assert stored.shape == expected.shape == _mask_shape(good[key])  # the whole image at stride 4
             worst = max(worst, int(np.abs(stored - expected.astype(int)).max()))
         return worst
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 
@@ -13,6 +14,7 @@ from deploy.onnx_export import PROBABILITY_ATOL
 from gamma.cli import main
 from gamma.inference import Detector, TorchBackend
 from gamma.weights import Checkpoint
+from tests.fixtures.fake_backend import CountingBackend
 from tests.fixtures.models import TINY_EXPORT_THRESHOLDS
 
 
@@ -68,3 +70,25 @@ def test_onnx_option_runs_the_exported_graph(
     assert table.exit_code == 0 and "gamma-test v1" in table.output
     both = CliRunner().invoke(main, [str(tmp_path), "--onnx", str(tiny_onnx_export), "--model", "x"])
     assert both.exit_code != 0 and "alternatives" in both.output
+
+
+def test_coverage_full_reports_every_tile_seen_and_gamma_coverage_is_the_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--coverage (else GAMMA_COVERAGE) picks the tiles; each image says how many of its tiles were seen."""
+    backend = CountingBackend(model_name="gamma-fake")
+    monkeypatch.setattr(TorchBackend, "from_checkpoint", classmethod(lambda cls, *args, **kwargs: backend))
+    monkeypatch.delenv("GAMMA_COVERAGE", raising=False)
+    Image.new("RGB", (1600, 700), (200, 200, 200)).save(tmp_path / "wide.png")  # a 4 x 2 grid of 512-px tiles
+    result = CliRunner().invoke(main, [str(tmp_path), "--json", "--coverage", "full"])
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.output)
+    assert (row["coverage"], row["tiles_seen"], row["tiles_total"], row["seen_fraction"]) == ("full", 8, 8, 1.0)
+    assert len(row["top_tile"]) == 4 and backend.images == 8
+
+    table = CliRunner(env={"COLUMNS": "300", "GAMMA_COVERAGE": "centre"}).invoke(main, [str(tmp_path / "wide.png")])
+    assert table.exit_code == 0 and "coverage centre" in table.output and "1/8" in table.output, table.output
+    bad = CliRunner().invoke(main, [str(tmp_path), "--coverage", "half"])
+    assert bad.exit_code != 0 and bad.output.strip().splitlines() == [
+        "Error: unknown coverage 'half' (choose centre|five|full)"
+    ]

@@ -20,8 +20,8 @@ from worker.db import Scan, ScanItem, make_engine, session_factory
 def _folder(root: Path) -> Path:
     folder = root / "photos"
     (folder / "sub").mkdir(parents=True)
-    Image.new("RGB", (64, 48), (200, 30, 30)).save(folder / "red.jpg")
-    Image.new("RGB", (32, 32), (30, 200, 30)).save(folder / "sub" / "green.png")
+    Image.new("RGB", (96, 64), (200, 30, 30)).save(folder / "red.jpg")
+    Image.new("RGB", (64, 64), (30, 200, 30)).save(folder / "sub" / "green.png")
     (folder / "sub" / "empty.jpg").write_bytes(b"")
     return folder
 
@@ -131,7 +131,7 @@ def test_the_image_table_is_bounded(tmp_path: Path, tiny_checkpoint: Checkpoint)
     folder = tmp_path / "many"
     folder.mkdir()
     for index in range(7):
-        Image.new("RGB", (40, 40), (index * 30, 10, 10)).save(folder / f"{index}.png")
+        Image.new("RGB", (64, 64), (index * 30, 10, 10)).save(folder / f"{index}.png")
     db = f"sqlite:///{tmp_path / 'many.db'}"
     args = [str(folder), "--db", db, "--json", "--model", str(tiny_checkpoint.path), "--masks", str(tmp_path / "m")]
     assert CliRunner().invoke(scan, args).exit_code == 0

@@ -30,7 +30,7 @@ from worker.storage import LocalSource
 VERDICT = "verdict"
 
 
-def jpeg(colour: tuple[int, int, int], size: tuple[int, int] = (64, 48)) -> bytes:
+def jpeg(colour: tuple[int, int, int], size: tuple[int, int] = (96, 64)) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, colour).save(buffer, "JPEG")
     return buffer.getvalue()

@@ -28,7 +28,7 @@ COUNT = 5
 def write_folder(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for index in range(COUNT):
-        Image.new("RGB", (60 + index, 40), (index * 50, 90, 200 - index * 30)).save(folder / f"{index}.png")
+        Image.new("RGB", (70 + index, 64), (index * 50, 90, 200 - index * 30)).save(folder / f"{index}.png")
     (folder / "broken.jpg").write_bytes(b"not an image")
 
 
@@ -95,7 +95,9 @@ def test_unchanged_objects_are_skipped_at_listing_time(tmp_path: Path) -> None:
     source = LocalSource(tmp_path / "images")
     scan_id = open_scan(runtime.sessions, source, backend.model_name)
     dispatched: list[list[ObjectRef]] = []
-    total = list_into_scan(runtime.sessions, scan_id, source, 2, dispatched.append, skip_known=("gamma-fake", 1))
+    total = list_into_scan(
+        runtime.sessions, scan_id, source, 2, dispatched.append, skip_known=("gamma-fake", 1, "five")
+    )
     assert total == COUNT + 2
     assert [[ref.key for ref in chunk] for chunk in dispatched] == [["new.png"]]
     row = scan_row(runtime, scan_id)
@@ -103,7 +105,7 @@ def test_unchanged_objects_are_skipped_at_listing_time(tmp_path: Path) -> None:
 
     nothing: list[list[ObjectRef]] = []
     other_version = open_scan(runtime.sessions, source, backend.model_name)
-    list_into_scan(runtime.sessions, other_version, source, 100, nothing.append, skip_known=("gamma-fake", 2))
+    list_into_scan(runtime.sessions, other_version, source, 100, nothing.append, skip_known=("gamma-fake", 2, "five"))
     assert sum(len(chunk) for chunk in nothing) == COUNT + 2  # another version knows nothing
 
 
@@ -134,7 +136,7 @@ def test_a_changed_object_is_scanned_again(tmp_path: Path) -> None:
     runtime = runtime_for(tmp_path, backend)
     first, _ = scan_folder(runtime, tmp_path / "images")
     path = tmp_path / "images" / "2.png"
-    Image.new("RGB", (61, 40), (255, 255, 255)).save(path)
+    Image.new("RGB", (71, 64), (255, 255, 255)).save(path)
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))  # a new ETag
     backend.images = 0
 

@@ -24,7 +24,7 @@ def _folder(root: Path, count: int = 8) -> Path:
     folder = root / "photos"
     folder.mkdir()
     for index in range(count):
-        Image.new("RGB", (48 + index, 40), (index * 30, 90, 200 - index * 20)).save(folder / f"{index}.png")
+        Image.new("RGB", (70 + index, 64), (index * 30, 90, 200 - index * 20)).save(folder / f"{index}.png")
     return folder
 
 

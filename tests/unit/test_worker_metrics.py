@@ -32,7 +32,7 @@ def test_counters_and_histograms_after_a_small_scan(tmp_path: Path) -> None:
     folder = tmp_path / "images"
     folder.mkdir()
     for index in range(5):
-        Image.new("RGB", (50, 40 + index), (40 * index, 30, 90)).save(folder / f"{index}.png")
+        Image.new("RGB", (70, 64 + index), (40 * index, 30, 90)).save(folder / f"{index}.png")
     (folder / "text.jpg").write_bytes(b"hello")
     (folder / "empty.png").write_bytes(b"")
     backend = CountingBackend(max_batch_size=2)

@@ -28,6 +28,7 @@ from worker.storage import LocalSource, ObjectRef, StorageUnavailable
 MAX_BYTES = 150_000
 VERDICTS = {"real", "ai-generated", "manipulated", "needs-review"}
 EXPECTED_REASONS = {
+    "tiny.png": "too-small",  # a side under gamma.tiling.MIN_SIDE (64 px)
     "empty.jpg": "empty",
     "notes.jpg": "undecodable",
     "cut.jpg": "truncated",
@@ -49,7 +50,8 @@ def write_images(folder: Path) -> dict[str, bytes]:
     files = {
         "a.jpg": photo,
         "nested/b.png": _encode(rng.integers(0, 255, (80, 80, 4), dtype=np.uint8), "PNG"),
-        "nested/c.webp": _encode(rng.integers(0, 255, (50, 70, 3), dtype=np.uint8), "WEBP"),
+        "nested/c.webp": _encode(rng.integers(0, 255, (70, 66, 3), dtype=np.uint8), "WEBP"),
+        "tiny.png": _encode(rng.integers(0, 255, (63, 200, 3), dtype=np.uint8), "PNG"),
         "nested/copy-of-a.jpg": photo,
         "empty.jpg": b"",
         "notes.jpg": b"these are not the pixels you are looking for\n" * 10,
@@ -132,14 +134,20 @@ def test_verdicts_equal_the_in_process_detector_for_the_same_bytes(scanned: Scan
         assert outcome.ai_area == pytest.approx(expected.judgement.ai_area, abs=1e-3)
 
 
-def test_masks_are_stored_as_native_128px_pngs_at_their_urls(scanned: Scanned) -> None:
+# (rows, columns) of each judged image's full-image masks: ceil(H/4) x ceil(W/4) of the image
+MASK_SHAPES = {"a.jpg": (16, 24), "nested/b.png": (20, 20), "nested/c.webp": (18, 17), "nested/copy-of-a.jpg": (16, 24)}
+
+
+def test_masks_are_stored_as_full_image_stride_4_pngs_at_their_urls(scanned: Scanned) -> None:
     outcomes = scanned.outcomes
     judged = [o for o in outcomes if not o.is_error]
+    assert {o.key for o in judged} == set(MASK_SHAPES)
     for outcome in judged:
         for url in (outcome.ai_mask_url, outcome.manipulation_mask_url):
             assert url is not None and url.startswith("file://") and outcome.sha256 in url
+            assert "/five/" in url  # the coverage mode is part of the content address
             mask = decode_png(Path(urlparse(url).path).read_bytes())
-            assert mask.shape == (128, 128) and mask.dtype == np.uint8
+            assert mask.shape == MASK_SHAPES[outcome.key] and mask.dtype == np.uint8
     assert all(o.ai_mask_url is None for o in outcomes if o.is_error)
     inferred = [o for o in judged if o.result_id is None]  # a copy in a later chunk reuses a.jpg's result
     assert all(o.infer_ms and o.infer_ms > 0 and o.fetch_ms is not None for o in inferred)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from gamma.tiling import DEFAULT_COVERAGE
 from gamma.weights import DEFAULT_MODEL
 from worker.settings import Settings
 
@@ -64,3 +65,12 @@ def test_the_submitting_side_does_not_load_torch() -> None:
 
     code = "import sys, worker.cli; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+def test_gamma_coverage_is_read_normalised_and_checked() -> None:
+    assert Settings().coverage == DEFAULT_COVERAGE.value
+    assert Settings.from_env({"GAMMA_COVERAGE": "FULL "}).coverage == "full"
+    assert Settings.from_env({"GAMMA_COVERAGE": "full"}, coverage="centre").coverage == "centre"  # the option wins
+    with pytest.raises(ValueError, match=r"unknown coverage 'most' \(choose centre\|five\|full\)"):
+        Settings.from_env({"GAMMA_COVERAGE": "most"})
+    assert Settings.from_env(Settings(coverage="centre").as_env()).coverage == "centre"

@@ -211,14 +211,17 @@ def test_open_target_checks_that_the_source_is_there(tmp_path: Path, s3: Any) ->
 
 
 def test_masks_are_native_resolution_pngs_under_content_addressed_names(tmp_path: Path, s3: Any) -> None:
-    mask = np.arange(128 * 128, dtype=np.uint32).reshape(128, 128).astype(np.uint8)
+    mask = np.arange(150 * 113, dtype=np.uint32).reshape(150, 113).astype(np.uint8)  # a 450x600 image's, at stride 4
     sha = "ab" * 32
-    url = MaskStore.from_url(str(tmp_path / "masks")).put(sha, "gamma-test", 3, "ai", mask)
-    assert url == (tmp_path / "masks" / mask_key(sha, "gamma-test", 3, "ai")).as_uri()
-    assert np.array_equal(decode_png((tmp_path / "masks" / mask_key(sha, "gamma-test", 3, "ai")).read_bytes()), mask)
+    url = MaskStore.from_url(str(tmp_path / "masks")).put(sha, "gamma-test", 3, "ai", mask, "five")
+    assert url == (tmp_path / "masks" / mask_key(sha, "gamma-test", 3, "ai", "five")).as_uri()
+    stored_file = tmp_path / "masks" / mask_key(sha, "gamma-test", 3, "ai", "five")
+    assert np.array_equal(decode_png(stored_file.read_bytes()), mask)
+    other = MaskStore.from_url(str(tmp_path / "masks")).put(sha, "gamma-test", 3, "ai", mask, "full")
+    assert other != url  # another coverage mode's masks never overwrite these
 
-    url = MaskStore.from_url("s3://photos/masks/").put(sha, "gamma-test", 3, "manipulation", mask)
-    key = f"masks/gamma-test/v3/ab/{sha}/manipulation.png"
+    url = MaskStore.from_url("s3://photos/masks/").put(sha, "gamma-test", 3, "manipulation", mask, "full")
+    key = f"masks/gamma-test/v3/full/ab/{sha}/manipulation.png"
     assert url == f"s3://photos/{key}"
     stored = s3.get_object(Bucket="photos", Key=key)
     assert stored["ContentType"] == "image/png"

@@ -59,7 +59,7 @@ def _scan(tmp_path: Path, backend: object, count: int = 3) -> tuple[Runtime, int
     folder = tmp_path / "images"
     folder.mkdir()
     for index in range(count):
-        Image.new("RGB", (40 + index, 30), (index * 40, 10, 200)).save(folder / f"{index}.png")
+        Image.new("RGB", (70 + index, 64), (index * 40, 10, 200)).save(folder / f"{index}.png")
     (folder / "broken.jpg").write_bytes(b"not an image")
     settings = Settings(db_url=f"sqlite:///{tmp_path / 'gamma.db'}", masks_url=str(tmp_path / "masks"))
     runtime = Runtime.create(settings, backend=backend)  # type: ignore[arg-type]

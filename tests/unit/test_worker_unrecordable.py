@@ -41,7 +41,7 @@ def _folder(tmp_path: Path, count: int = 3) -> Path:
     folder = tmp_path / "images"
     folder.mkdir()
     for index in range(count):
-        Image.new("RGB", (40 + index, 30), (index * 40, 10, 200)).save(folder / f"{index}.png")
+        Image.new("RGB", (70 + index, 64), (index * 40, 10, 200)).save(folder / f"{index}.png")
     return folder
 
 
