@@ -14,7 +14,7 @@ SAMPLES := samples
 # the stamp lives beside the venv, not in samples/: gamma-scan samples/ would list it as an (empty) image
 SAMPLES_STAMP := $(VENV)/.samples-done
 
-.PHONY: setup system-packages scan test lint bench train-data train train-gpu independent-data clean
+.PHONY: setup system-packages scan test lint bench bench-coverage train-data train train-gpu independent-data clean
 
 setup: system-packages $(STAMP) $(SAMPLES_STAMP)
 
@@ -106,6 +106,10 @@ independent-data: setup
 
 bench: setup
 	$(PY) bench/preprocess.py
+
+# What each coverage mode (centre|five|full) costs per image and per megapixel with the shipped model (a few minutes)
+bench-coverage: setup
+	$(PY) bench/coverage.py
 
 clean:
 	rm -rf $(VENV) $(SAMPLES)

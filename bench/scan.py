@@ -1,9 +1,12 @@
 """Images/s of a whole scan (gamma-submit -> Redis -> Celery workers -> backend -> masks -> DB) vs the raw backend.
 
     python bench/scan.py [--images 48] [--repeats 2] [--workers 2] [--chunk-size 4] [--backend triton|torch]
+                         [--coverage centre|five|full]
 
-Raw: the same backend, deployed as the workers deploy it, fed the same images already preprocessed and cut into
-the same batches, with nothing around inference. For PyTorch that is ``--workers`` processes of
+Raw: the same backend, deployed as the workers deploy it, fed the same images already preprocessed (the same
+tiles, under the scan's ``--coverage``: ``GAMMA_COVERAGE``, default ``five``) and cut into the same batches (a
+chunk's tiles, at most the backend's batch size per batch, as :func:`gamma.inference.infer_tiles` sends them),
+with nothing around inference. For PyTorch that is ``--workers`` processes of
 ``--torch-threads`` threads each (Python threads in one process reach about one process's speed, which would
 flatter the scan); for Triton, ``--workers`` client threads on one server. Scan: the real path — ``gamma-submit
 FOLDER --wait`` in a subprocess, a Redis server, ``celery worker --pool=prefork -c W`` — timed by the scan's own
@@ -62,6 +65,7 @@ from gamma.config import preset  # noqa: E402
 from gamma.inference import InferenceBackend, TorchBackend  # noqa: E402
 from gamma.model import GammaModel  # noqa: E402
 from gamma.preprocess import preprocess  # noqa: E402
+from gamma.tiling import DEFAULT_COVERAGE, Coverage  # noqa: E402
 from gamma.weights import Checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
 from tests.fixtures.services import celery_worker, redis_server  # noqa: E402
 from worker.db import Result, ScanItem, make_engine, session_factory  # noqa: E402
@@ -134,31 +138,33 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
-def _batches(count: int, chunk_size: int, max_batch: int) -> list[tuple[int, int]]:
-    """(start, stop) of every batch the scan sends: chunks of ``chunk_size`` cut to ``max_batch``."""
-    size = min(chunk_size, max_batch)
-    return [
-        (offset, min(offset + size, chunk + chunk_size, count))
-        for chunk in range(0, count, chunk_size)
-        for offset in range(chunk, min(chunk + chunk_size, count), size)
-    ]
+def _batches(tile_counts: list[int], chunk_size: int, max_batch: int) -> list[tuple[int, int]]:
+    """(start, stop) in the stacked tiles of every batch the scan sends: each chunk of ``chunk_size`` images has its
+    tiles inferred in batches of at most ``max_batch`` (all images here have one size, so one tile shape: the
+    batches :func:`gamma.inference.infer_tiles` makes for a chunk)."""
+    offsets = np.concatenate([[0], np.cumsum(tile_counts)]).astype(int).tolist()
+    batches = []
+    for chunk in range(0, len(tile_counts), chunk_size):
+        first, last = offsets[chunk], offsets[min(chunk + chunk_size, len(tile_counts))]
+        batches.extend((offset, min(offset + max_batch, last)) for offset in range(first, last, max_batch))
+    return batches
 
 
-def _raw_torch_process(checkpoint: str, threads: int, crops_file: str, todo: Any, barrier: Any, times: Any) -> None:
+def _raw_torch_process(checkpoint: str, threads: int, tiles_file: str, todo: Any, barrier: Any, times: Any) -> None:
     """One of the raw side's processes: the model with the workers' thread count, fed batches until none are left."""
     torch.set_num_threads(threads)
     backend = TorchBackend.from_checkpoint(checkpoint)
-    crops = np.load(crops_file, mmap_mode="r")
-    backend.infer(np.array(crops[:1]))  # warm-up
+    tiles = np.load(tiles_file, mmap_mode="r")
+    backend.infer(np.array(tiles[:1]))  # warm-up
     barrier.wait()
     start, cpu = time.perf_counter(), time.process_time()
     while (batch := todo.get()) is not None:
-        backend.infer(np.array(crops[batch[0] : batch[1]]))  # a copy, as a worker's batch is freshly stacked
+        backend.infer(np.array(tiles[batch[0] : batch[1]]))  # a copy, as a worker's batch is freshly stacked
     times.put((start, time.perf_counter(), time.process_time() - cpu))
 
 
 def raw_torch(
-    checkpoint: Path, crops_file: Path, batches: list[tuple[int, int]], workers: int, threads: int
+    checkpoint: Path, tiles_file: Path, batches: list[tuple[int, int]], workers: int, threads: int, images: int
 ) -> Measure:
     """Images/s of the PyTorch backend as the workers hold it — ``workers`` processes of ``threads`` threads —
     on the scan's batches, with nothing around inference. (Python threads in one process would not do: they
@@ -169,7 +175,7 @@ def raw_torch(
         todo.put(batch)
     for _ in range(workers):
         todo.put(None)
-    args = (str(checkpoint), threads, str(crops_file), todo, barrier, times)
+    args = (str(checkpoint), threads, str(tiles_file), todo, barrier, times)
     processes = [context.Process(target=_raw_torch_process, args=args) for _ in range(workers)]
     for process in processes:
         process.start()
@@ -178,19 +184,20 @@ def raw_torch(
     for process in processes:
         process.join()
     wall = max(span[1] for span in spans) - min(span[0] for span in spans)
-    return Measure(batches[-1][1], wall, sum(span[2] for span in spans))
+    return Measure(images, wall, sum(span[2] for span in spans))
 
 
 def raw_threads(
-    backend: InferenceBackend, crops: np.ndarray, chunk_size: int, concurrency: int, server_pid: int
-) -> Measure:
+    backend: InferenceBackend, tiles: np.ndarray, tile_counts: list[int], chunk_size: int, concurrency: int,
+    server_pid: int,
+) -> Measure:  # fmt: skip
     """A served backend (Triton) on the scan's batches from ``concurrency`` client threads; CPU = the server's
     process tree + this process (the client threads)."""
     batches: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
-    for batch in _batches(len(crops), chunk_size, backend.max_batch_size):
+    for batch in _batches(tile_counts, chunk_size, backend.max_batch_size):
         batches.put(batch)
     for _ in range(concurrency):
-        backend.infer(crops[:1])
+        backend.infer(tiles[:1])
 
     def drain() -> None:
         while True:
@@ -198,7 +205,7 @@ def raw_threads(
                 first, stop = batches.get_nowait()
             except queue.Empty:
                 return
-            backend.infer(crops[first:stop])
+            backend.infer(tiles[first:stop])
 
     threads = [threading.Thread(target=drain) for _ in range(concurrency)]
     start, cpu = time.perf_counter(), time.process_time() + tree_cpu(server_pid)
@@ -206,7 +213,7 @@ def raw_threads(
         thread.start()
     for thread in threads:
         thread.join()
-    return Measure(len(crops), time.perf_counter() - start, time.process_time() + tree_cpu(server_pid) - cpu)
+    return Measure(len(tile_counts), time.perf_counter() - start, time.process_time() + tree_cpu(server_pid) - cpu)
 
 
 def submit_and_wait(folder: Path, env: dict[str, str], *options: str) -> int:
@@ -245,6 +252,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunk-size", type=int, default=4)
     parser.add_argument("--model", help="checkpoint name or folder (default: random-weight gamma-b0)")
     parser.add_argument(
+        "--coverage",
+        choices=[c.value for c in Coverage],
+        default=DEFAULT_COVERAGE.value,
+        help=f"tiles per image, for the scan (GAMMA_COVERAGE) and the raw side alike (default {DEFAULT_COVERAGE})",
+    )
+    parser.add_argument(
         "--backend",
         choices=("triton", "torch"),
         default="triton",
@@ -262,10 +275,17 @@ def main(argv: list[str] | None = None) -> None:
               f"{len(warmup)} more to warm up; load average {os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
 
         start = time.perf_counter()
-        crops = np.stack([preprocess(path.read_bytes()) for path in paths])
+        prepared = [preprocess(path.read_bytes(), coverage=args.coverage) for path in paths]
         preprocess_ms = (time.perf_counter() - start) * 1000 / len(paths)
-        crops_file = work / "crops.npy"
-        np.save(crops_file, crops)
+        tile_counts = [len(tiles) for tiles in prepared]
+        if len({tiles.pixels.shape[1:] for tiles in prepared}) != 1:
+            raise SystemExit("the raw side batches one tile shape: give every image one size")
+        tiles = np.concatenate([t.pixels for t in prepared])
+        tiles_file = work / "tiles.npy"
+        np.save(tiles_file, tiles)
+        del prepared
+        print(f"coverage {args.coverage}: {len(tiles) / len(paths):.1f} tiles of {tiles.shape[2]}x{tiles.shape[3]} "
+              "per image", flush=True)  # fmt: skip
 
         env = {
             "GAMMA_DB_URL": f"sqlite:///{work / 'bench.db'}",
@@ -274,6 +294,7 @@ def main(argv: list[str] | None = None) -> None:
             "GAMMA_QUEUE": f"bench.{os.getpid()}",
             "GAMMA_PREPROCESS_WORKERS": "1",
             "GAMMA_FETCH_WORKERS": "2",
+            "GAMMA_COVERAGE": args.coverage,
         }
         server_pid = 0  # the Triton server's process tree does inference for both sides, when there is one
         if args.backend == "triton":
@@ -286,16 +307,16 @@ def main(argv: list[str] | None = None) -> None:
             triton = TritonBackend(server.grpc_url, checkpoint.name, timeout_s=120)
 
             def raw() -> Measure:
-                return raw_threads(triton, crops, args.chunk_size, args.workers, server_pid)
+                return raw_threads(triton, tiles, tile_counts, args.chunk_size, args.workers, server_pid)
         else:
             assert checkpoint.path is not None
             env["GAMMA_MODEL"] = str(checkpoint.path)
             env["GAMMA_TORCH_THREADS"] = str(args.torch_threads)
             max_batch = TorchBackend(checkpoint.model, checkpoint.config, checkpoint.name).max_batch_size
-            batches = _batches(len(crops), args.chunk_size, max_batch)
+            batches = _batches(tile_counts, args.chunk_size, max_batch)
 
             def raw() -> Measure:
-                return raw_torch(checkpoint.path, crops_file, batches, args.workers, args.torch_threads)
+                return raw_torch(checkpoint.path, tiles_file, batches, args.workers, args.torch_threads, len(paths))
 
         env["GAMMA_BROKER_URL"] = stack.enter_context(redis_server(work))
         raws: list[Measure] = []
@@ -346,7 +367,8 @@ def main(argv: list[str] | None = None) -> None:
         triton_kind = f"Triton ({env.get('GAMMA_TRITON_URL')})"
         kind = triton_kind if args.backend == "triton" else f"PyTorch, {args.torch_threads} thread(s)"
         print()
-        print(f"backend              {kind}, {args.workers} workers, chunks of {args.chunk_size}, {len(paths)} images")
+        print(f"backend              {kind}, {args.workers} workers, chunks of {args.chunk_size}, {len(paths)} images, "
+              f"coverage {args.coverage} ({len(tiles) / len(paths):.1f} tiles per image)")  # fmt: skip
         print(f"scan                 {scan_rate:.2f} images/s, {scan_cpu:.0f} CPU ms/image (medians; {dict(verdicts)})")
         print(f"raw backend          {raw_rate:.2f} images/s, {raw_cpu:.0f} CPU ms/image (medians)")
         ratios = (
