@@ -52,14 +52,20 @@ def test_results_keep_order_and_errors_stay_per_image(detector: Detector) -> Non
         assert result.tiles is not None and result.to_dict()["tiles_seen"] == 2
 
 
+# Five images, three tile shapes: two 512x512 tiles; three 288x192 tiles of three images (batches of 2 and 1 with
+# max_batch_size=2); one 96x64 tile.
+BATCHED_SIZES = [(600, 520), (300, 200), (310, 220), (300, 200), (100, 70)]
+
+
 def test_batched_results_equal_one_at_a_time(detector: Detector) -> None:
-    """max_batch_size=2 splits five images into three batches; each equals the image run alone."""
-    items = [(str(i), _jpeg(i)) for i in range(5)]
+    """Tiles of several images share batches of at most max_batch_size=2; each image equals itself run alone."""
+    items = [(str(i), _jpeg(i, size)) for i, size in enumerate(BATCHED_SIZES)]
     batched = detector.classify_bytes(items)
-    for item, result in zip(items, batched):
+    for item, result, (width, height) in zip(items, batched, BATCHED_SIZES, strict=True):
         alone = detector.classify_bytes([item])[0]
         assert result.judgement is not None and alone.judgement is not None
         assert result.judgement.probability == pytest.approx(alone.judgement.probability, abs=1e-5)
+        assert result.ai_mask.shape == alone.ai_mask.shape == (-(-height // 4), -(-width // 4))
         assert np.abs(result.ai_mask.astype(int) - alone.ai_mask.astype(int)).max() <= 1
 
 
@@ -219,7 +225,9 @@ def test_onnx_backend_matches_torch_backend(tiny_checkpoint: Checkpoint, tiny_on
     config = tiny_checkpoint.config.replace(thresholds=TINY_EXPORT_THRESHOLDS)
     torch_detector = Detector(TorchBackend(tiny_checkpoint.model, config, "gamma-test", 1, max_batch_size=2))
 
-    items = [(str(i), _jpeg(i, size=(512 + 40 * i, 700 - 30 * i))) for i in range(4)]  # ONNX batches of 3, 1
+    # Four 512x512 tiles (ONNX batches of 3 and 1), and tiles (WxH) of 192x288, 512x384 and 96x64: dynamic shapes.
+    sizes = [(512, 700), (200, 300), (700, 512), (600, 400), (100, 70)]
+    items = [(str(i), _jpeg(i, size=size)) for i, size in enumerate(sizes)]
     expected = torch_detector.classify_bytes(items)
     got = onnx_detector.classify_bytes(items)
     for want, have in zip(expected, got):
