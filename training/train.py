@@ -102,6 +102,7 @@ class Trainer:
                  preset_name: str, progress: bool = True) -> None:  # fmt: skip
         self.config, self.splits, self.out, self.info = config, splits, out, info
         self.preset_name, self.progress = preset_name, progress and info.is_main
+        self.initialised_from: str | None = None  # a checkpoint this run fine-tunes (recorded in its metadata)
         torch.manual_seed(config.seed)
         self.model = GammaModel(model_preset(config.model))
         if config.encoder_init:
@@ -143,6 +144,7 @@ class Trainer:
             have, want = checkpoint.config.name, self.model.config.name
             raise ValueError(f"{name_or_path} is a {have} model; this preset trains {want}")
         self.model.load_state_dict(checkpoint.model.state_dict())
+        self.initialised_from = f"{checkpoint.name} v{checkpoint.version} ({name_or_path})"
 
     def load_state(self) -> bool:
         path = self.out / STATE_FILE
@@ -260,6 +262,7 @@ class Trainer:
             "run": run,
             "metrics": metrics,
             "eval_crop": self.config.val_crop,
+            "initialised_from": self.initialised_from,
             "world_size": self.info.world_size,
         }
         if self.info.is_main:
@@ -314,6 +317,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         trainer = Trainer(config, splits, out, info, Path(args.preset).stem, progress=not args.no_progress)
         if args.init_from and not (args.resume and (out / STATE_FILE).is_file()):
             trainer.init_from(args.init_from)
+        elif args.init_from:  # resumed: the weights come from last.pt, the provenance stays the same
+            trainer.initialised_from = args.init_from
         if args.resume and trainer.load_state() and info.is_main:
             print(f"resumed from {out / STATE_FILE} at epoch {trainer.epoch}", flush=True)
         return trainer.finish(trainer.fit())

@@ -47,3 +47,29 @@ def test_resume_continues_from_the_saved_epoch(pattern_data: Path, tmp_path: Pat
     train.main([*tiny, "--set", "max_epochs=2", "--resume"])
     history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2]  # epoch 1 was not trained again
+
+
+def test_init_from_starts_at_a_checkpoints_weights_and_refuses_another_model(
+    pattern_data: Path, tmp_path: Path
+) -> None:
+    """--init-from fine-tunes: the run starts at the given checkpoint's weights (not the preset's initialisation),
+    records where it started, and refuses a checkpoint of another model preset."""
+    from gamma.config import preset
+    from gamma.model import GammaModel
+    from gamma.weights import save_checkpoint
+    from training.config import TrainConfig, load_splits
+
+    torch.manual_seed(123)
+    source = GammaModel(preset("gamma-b0"))
+    save_checkpoint(source, tmp_path / "start", {"name": "start", "version": 3})
+    config = TrainConfig.named("local-b0")
+    splits = load_splits(config, pattern_data)
+    info = train.distributed.setup()
+    trainer = train.Trainer(config, splits, tmp_path / "run", info, "local-b0", progress=False)
+    trainer.init_from(str(tmp_path / "start"))
+    for name, value in source.state_dict().items():
+        assert torch.equal(trainer.model.state_dict()[name], value), name
+    assert trainer.initialised_from is not None and "v3" in trainer.initialised_from
+    save_checkpoint(GammaModel(preset("gamma-effl0")), tmp_path / "other", {"name": "other", "version": 1})
+    with pytest.raises(ValueError, match="gamma-effl0"):
+        trainer.init_from(str(tmp_path / "other"))
