@@ -98,10 +98,12 @@ def decide(
     """Verdict from the AI probability and the flagged shares of the two masks (over the pixels the model saw)."""
     t = thresholds or VerdictThresholds()
     probability = float(probability)
-    if abs(probability - t.ai_probability) < t.review_band:
-        verdict = Verdict.NEEDS_REVIEW
-    elif probability >= t.ai_probability:
+    # the band's edges as sums, not abs(p - centre) < band: 0.6 - 0.5 is 0.0999..., which would put p = 0.6 inside
+    # a band that ends at 0.5 + 0.1 == 0.6
+    if probability >= t.ai_probability + t.review_band:
         verdict = Verdict.AI_GENERATED
+    elif probability > t.ai_probability - t.review_band:
+        verdict = Verdict.NEEDS_REVIEW
     elif manipulated_area > t.manipulated_area:
         verdict = Verdict.MANIPULATED
     else:

@@ -261,14 +261,21 @@ def test_cap_mask_bounds_the_side_and_keeps_flags() -> None:
     assert cap_mask(np.ones((40, 10), np.uint8), max_side=16).shape == (14, 4)  # factor 3, padded up
 
 
-def test_combine_tiles_measures_areas_over_seen_pixels() -> None:
+def test_combine_tiles_measures_areas_in_the_most_affected_tile() -> None:
     plan = plan_tiles(1600, 1200, Coverage.CENTRE)
     flagged = np.full((1, 128, 128), 255, np.uint8)
     half = flagged.copy()
     half[:, 64:] = 0
     outputs = combine_tiles(plan, np.array([0.8]), half, flagged, mask_pixel=0.5)
-    assert outputs.manipulated_area == pytest.approx(1.0)  # every pixel the model saw, not 512^2 / 1.92 MP
+    assert outputs.manipulated_area == pytest.approx(1.0)  # the tile the model saw, not 512^2 / 1.92 MP
     assert outputs.ai_area == pytest.approx(0.5)
+    # the same edit in one tile of the full grid counts as much as in a single view: coverage does not dilute it
+    full = plan_tiles(1600, 1200, Coverage.FULL)
+    quarter = np.zeros((full.tiles_seen, 128, 128), np.uint8)
+    quarter[3, :64, :64] = 255
+    none = np.zeros_like(quarter)
+    wide = combine_tiles(full, np.full(full.tiles_seen, 0.1), none, quarter, mask_pixel=0.5)
+    assert wide.manipulated_area == pytest.approx(0.25) and wide.ai_area == 0.0
     assert outputs.manipulation_mask.shape == (300, 400) and outputs.manipulation_mask.sum() == 255 * 128 * 128
     assert outputs.probability == pytest.approx(0.8)
     assert outputs.summary() == {
@@ -300,7 +307,7 @@ class MagentaBackend:
 
     def __init__(self, max_batch_size: int = 3, probability: float = 0.05) -> None:
         self.max_batch_size = max_batch_size
-        self.thresholds = VerdictThresholds()  # the shipped model's: manipulated above 1 % of the seen pixels
+        self.thresholds = VerdictThresholds()  # manipulated above 1 % of the most affected tile
         self.probability = probability
         self.batches: list[tuple[int, ...]] = []
 
@@ -359,7 +366,8 @@ def test_a_manipulated_corner_is_found_by_full_and_five(corner_image: bytes, cov
     expected[top:bottom, left:right] = 255
     # flagged exactly over the patch in full-image coordinates, and nowhere else
     assert np.array_equal(mask, expected)
-    assert result.judgement.manipulated_area == pytest.approx(40 * 40 / result.tiles.plan.seen().sum())
+    # the patch's share of the one tile that holds it whole (160 x 160 px of 512 x 512), whatever the coverage
+    assert result.judgement.manipulated_area == pytest.approx(40 * 40 / (128 * 128))
     assert result.judgement.probability == pytest.approx(0.05, abs=1e-6)
     assert result.judgement.verdict is Verdict.MANIPULATED
     summary = result.to_dict()
