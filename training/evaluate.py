@@ -48,6 +48,7 @@ from gamma.inference import TorchBackend, infer_tiles
 from gamma.model import GammaModel
 from gamma.preprocess import ImageRejected
 from gamma.tiling import AGGREGATION, MASK_STRIDE, Coverage, parse_coverage
+from gamma.verdict import VerdictThresholds
 from gamma.weights import DEFAULT_MODEL, load_checkpoint
 from training.data import datasets
 from training.data.builders import ViewSpec
@@ -283,6 +284,23 @@ def report_table(title: str, blocks: dict[str, dict[str, Any]]) -> Table:
     return table
 
 
+def verdict_rates(labels: np.ndarray, scores: np.ndarray, thresholds: VerdictThresholds) -> dict[str, Any]:
+    """What the checkpoint's own thresholds do to these images: per class, the share called ``ai-generated``
+    (for real images: the false-positive rate the calibration promised to keep <= 5 %) and ``needs-review``."""
+    ai_from = thresholds.ai_probability + thresholds.review_band
+    review_from = thresholds.ai_probability - thresholds.review_band
+    rates: dict[str, Any] = {"ai_generated_from": ai_from, "needs_review_above": review_from}
+    for name, label in (("real", 0), ("ai", 1)):
+        chosen = scores[labels == label]
+        inside = (chosen > review_from) & (chosen < ai_from)
+        rates[name] = {
+            "count": int(chosen.size),
+            "ai_generated": float((chosen >= ai_from).mean()) if chosen.size else float("nan"),
+            "needs_review": float(inside.mean()) if chosen.size else float("nan"),
+        }
+    return rates
+
+
 def print_report(report: dict[str, Any], console: Console | None = None) -> None:
     """The clean and size-matched tables and the robustness sweep (overall accuracy / ROC-AUC per level)."""
     if console is None:
@@ -290,6 +308,13 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
         if not console.is_terminal:  # a log file or a pipe: no 80-column squeeze of the 13 metric columns
             console = Console(width=200)
     console.print(report_table(f"{report['model']} v{report['version']} on {report['data']}: clean", report["clean"]))
+    if "verdicts" in report:
+        rates = report["verdicts"]
+        console.print(f"shipped thresholds (ai-generated from p >= {rates['ai_generated_from']:.3f}, needs-review "
+                      f"above {rates['needs_review_above']:.3f}): real images called ai-generated "
+                      f"{rates['real']['ai_generated']:.1%}, needs-review {rates['real']['needs_review']:.1%}; "
+                      f"AI images called ai-generated {rates['ai']['ai_generated']:.1%}, needs-review "
+                      f"{rates['ai']['needs_review']:.1%}")  # fmt: skip
     if "size_matched" in report:
         console.print(report_table("size-matched (both classes downscaled to one short-side range)",
                                    report["size_matched"]))  # fmt: skip
@@ -334,8 +359,10 @@ def evaluate(
         "contract": f"gamma.preprocess v2: decode -> JPEG q96 -> {coverage.value} tiles at native resolution -> "
         f"{AGGREGATION}",
         "coverage": coverage.value,
-        "clean": predict(model, GammaDataset(samples), batch_size, progress, "clean", coverage).metrics(),
     }
+    clean = predict(model, GammaDataset(samples), batch_size, progress, "clean", coverage)
+    report["clean"] = clean.metrics()
+    report["verdicts"] = verdict_rates(np.asarray(clean.labels), np.asarray(clean.scores), loaded.config.thresholds)
     if size_matched_variant:
         matched = GammaDataset(samples, degrade=size_matched())
         report["size_matched"] = predict(model, matched, batch_size, progress, "size-matched", coverage).metrics()

@@ -113,3 +113,21 @@ def test_size_matched_variant_gives_both_classes_one_size_range() -> None:
     assert match(small) is small
     targets = {min(match(rng.integers(0, 255, (800, 800, 3), dtype=np.uint8)).shape[:2]) for _ in range(12)}
     assert len(targets) > 3  # a spread of sizes, not one fixed size that would itself be a signature
+
+
+def test_verdict_rates_follow_the_checkpoints_thresholds() -> None:
+    """The report says what the shipped thresholds do: the share of real images called ai-generated (the FPR the
+    calibration promises) and the review share per class, with the band's edges as gamma.verdict.decide has them."""
+    from gamma.verdict import Verdict, VerdictThresholds, decide
+
+    thresholds = VerdictThresholds(ai_probability=0.5, review_band=0.2)  # ai-generated from 0.7, review above 0.3
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    scores = np.array([0.1, 0.3, 0.5, 0.7, 0.2, 0.69, 0.7, 0.95])
+    rates = evaluate.verdict_rates(labels, scores, thresholds)
+    assert rates["real"] == {"count": 4, "ai_generated": 0.25, "needs_review": 0.25}
+    assert rates["ai"] == {"count": 4, "ai_generated": 0.5, "needs_review": 0.25}
+    for label, score in zip(labels, scores):  # the same edges as the served verdict
+        verdict = decide(float(score), 0.0, 0.0, thresholds).verdict
+        assert (verdict is Verdict.AI_GENERATED) == (score >= 0.7) and (verdict is Verdict.NEEDS_REVIEW) == (
+            0.3 < score < 0.7
+        ), (label, score, verdict)
