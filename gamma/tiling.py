@@ -41,8 +41,9 @@ TILE_SIZE = 512
 STRIDE = 32  # the encoder's output stride: tile sides are multiples of it, so every stage divides evenly
 MASK_STRIDE = 4  # the decoders predict at 1/4 resolution; masks cross the wire and are stored at that stride
 MIN_OVERLAP = 32  # one stage-4 cell: a trace cut by one tile's edge lies whole inside its neighbour
-# Below 64 px the stage-4 map is a single cell or none (2x2 at 64): measured in training/MODEL_CARD.md
-# ("smallest useful size"), the shipped model's ranking is near chance there.
+# Measured (training/contract_choices.py, 440 validation images cut to their centre s x s, shipped model): ROC-AUC
+# 0.54 at 32 px (chance), 0.60 at 64, 0.67 at 96, 0.75 at 128, 0.82 at 192, 0.83 whole. Under 64 px the stage-4 map
+# is a single cell and the model is at chance, so such images are refused rather than judged.
 MIN_SIDE = 64
 MAX_MASK_SIDE = 2048  # stitched masks above this side are max-pooled down by an integer factor (8192-px images)
 
@@ -53,11 +54,14 @@ class Coverage(StrEnum):
     FULL = "full"
 
 
-# Chosen from cost vs detection (README's coverage bench, training/MODEL_CARD.md): five tiles at most per image
-# bound a 48 MP photo's cost at 5 tiles while looking at its corners; ``full`` is a per-scan choice.
+# Chosen from cost vs detection: on the test split the three modes score the same (ROC-AUC 0.787 / 0.787 / 0.787:
+# its images are at most 572 px, 1.04 tiles each), so cost decides: ``five`` bounds any photo at 5 tiles (a 12 MP
+# one: 5 vs 63 for ``full``, README's coverage bench) while looking at its corners; ``full`` is a per-scan choice.
 DEFAULT_COVERAGE = Coverage.FIVE
 
-# How tile probabilities become the image's (see aggregate_probability); chosen on validation (MODEL_CARD.md).
+# How tile probabilities become the image's (see aggregate_probability). Validation cannot tell the rules apart yet
+# (ROC-AUC 0.825 for both; only 3 of its 440 images span more than one tile), so the rule is the one that does not
+# let one odd tile of a large real photo decide, and training/contract_choices.py re-measures it on any new data.
 AGGREGATION = "mean-logit"
 AGGREGATIONS = ("mean-logit", "max")
 
