@@ -242,8 +242,13 @@ def test_redis_restarted_mid_scan_with_aof(tiny_checkpoint: Checkpoint, services
 
     redis = start()
     keys = write_images(tmp_path / "images", 12)
+    markers = tmp_path / "markers"
+    markers.mkdir()
     assert tiny_checkpoint.path is not None
     env = worker_env(tmp_path, f"redis://{HOST}:{port}/0", str(tiny_checkpoint.path), "faults.redis")
+    # A slow backend (the test hooks) with busy markers: Redis is stopped while a child is provably in the middle
+    # of a chunk, whatever the machine's load, so that chunk is unacked when the broker goes away.
+    env.update({"GAMMA_TEST_INFER_DELAY_S": "2.0", "GAMMA_TEST_MARKERS": str(markers)})
     # The chunk that was running when the broker went away stays in Redis' unacked set (it survives in the
     # AOF) and comes back after the visibility timeout: shortened here (limits shortened to stay below it).
     env.update({"GAMMA_SOFT_TIME_LIMIT_S": "6", "GAMMA_TIME_LIMIT_S": "8", "GAMMA_RETRY_BACKOFF_MAX_S": "2"})
@@ -254,9 +259,10 @@ def test_redis_restarted_mid_scan_with_aof(tiny_checkpoint: Checkpoint, services
         scan_id = submit_scan(settings, str(tmp_path / "images")).scan_id  # 6 chunks, persisted by the AOF
         stop_process(redis)  # SIGTERM: Redis flushes the AOF and exits
         redis = start()  # the queue is back from the AOF
-        with celery_worker(env, services_dir, concurrency=1, queue="faults.redis"):
+        with celery_worker(env, services_dir, concurrency=1, queue="faults.redis", include=HOOKS) as worker:
             wait_for(lambda: scan_state(settings.db_url, scan_id).processed >= 2, 90, "first chunk")
-            stop_process(redis)  # mid-scan: the worker loses its broker with a chunk unacked
+            wait_for_busy_child(worker.pid, markers, set(), 60)
+            stop_process(redis)  # mid-chunk: the worker loses its broker with that chunk unacked
             time.sleep(1.0)
             redis = start()
             wait_for(lambda: scan_state(settings.db_url, scan_id).status == "done", 120, "scan done after restart")
