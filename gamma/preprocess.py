@@ -451,13 +451,20 @@ def _bounding_box(boxes: tuple[_fast_jpeg.Box, ...]) -> _fast_jpeg.Box:
     return min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)
 
 
+def _chw_tiles(regions: list[np.ndarray], plan: tiling.TilePlan) -> Tiles:
+    """(h, w, 3) regions -> Tiles (N, 3, h, w), written straight into one array (one copy, not stack + transpose)."""
+    pixels = np.empty((len(regions), 3, plan.tile_height, plan.tile_width), dtype=np.uint8)
+    for index, region in enumerate(regions):
+        pixels[index] = region.transpose(2, 0, 1)
+    return Tiles(pixels, plan)
+
+
 def cut_tiles(aligned: np.ndarray, plan: tiling.TilePlan, origin: tuple[int, int] = (0, 0)) -> Tiles:
     """The plan's tiles from an aligned region whose top-left is ``origin`` in image coordinates."""
     x0, y0 = origin
-    tiles = np.stack(
-        [aligned[top - y0 : bottom - y0, left - x0 : right - x0] for left, top, right, bottom in plan.boxes]
+    return _chw_tiles(
+        [aligned[top - y0 : bottom - y0, left - x0 : right - x0] for left, top, right, bottom in plan.boxes], plan
     )
-    return Tiles(np.ascontiguousarray(tiles.transpose(0, 3, 1, 2)), plan)
 
 
 def _aligned_crop(img: Image.Image, box: _fast_jpeg.Box) -> np.ndarray:
@@ -484,8 +491,7 @@ def _aligned_tiles(img: Image.Image, plan: tiling.TilePlan, origin: tuple[int, i
     window = _fast_jpeg.align_window(*img.size, _bounding_box(tuple(boxes)), mcu=ALIGN_MCU, margin=ALIGN_MCU)
     per_tile = sum(_area(_fast_jpeg.align_window(*img.size, b, mcu=ALIGN_MCU, margin=ALIGN_MCU)) for b in boxes)
     if len(boxes) > 1 and per_tile < _area(window):
-        tiles = np.stack([_aligned_crop(img, box) for box in boxes])
-        return Tiles(np.ascontiguousarray(tiles.transpose(0, 3, 1, 2)), plan)
+        return _chw_tiles([_aligned_crop(img, box) for box in boxes], plan)
     box = _bounding_box(tuple(boxes))
     return cut_tiles(_aligned_crop(img, box), plan, (x0 + box[0], y0 + box[1]))
 
