@@ -70,7 +70,7 @@ train-data: setup
 TRAIN_PRESET ?= local-effl0
 RUN ?= runs/$(TRAIN_PRESET)
 TRAIN_INIT ?=
-RECIPE := training/data/cache/local-v1
+RECIPE := training/data/cache/local-v3
 train: train-data
 	mkdir -p $(RUN)
 	$(PY) training/train.py --preset $(TRAIN_PRESET) --out $(RUN) $(if $(TRAIN_INIT),--init-from $(TRAIN_INIT)) \

@@ -1,7 +1,7 @@
 """Measure the three choices contract v2 leaves open, so each constant in :mod:`gamma.tiling` rests on a number:
 
     python training/contract_choices.py --checkpoint gamma-local-effl0 \\
-        --val training/data/cache/local-v1/val.jsonl --test training/data/cache/local-v1/test.jsonl --json J
+        --val training/data/cache/local-v3/val.jsonl --test training/data/cache/local-v3/test.jsonl --json J
 
 1. **Smallest useful size** (``MIN_SIDE``): validation ROC-AUC when every image is cut to its centre ``s x s``
    (no resampling, ``s`` a multiple of the stride) for ``s`` in :data:`SIDES`, beside the whole image.

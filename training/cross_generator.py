@@ -305,7 +305,7 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=Path("training/data/cache/local-v1"),
+    parser.add_argument("--data", type=Path, default=Path("training/data/cache/local-v3"),
                         help="folder with train/val/test.jsonl")  # fmt: skip
     parser.add_argument("--json", type=Path, default=None, help="write the report here")
     parser.add_argument("--top", type=int, default=4, help="hold out the N most frequent generators")

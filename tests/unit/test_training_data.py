@@ -194,8 +194,35 @@ def test_view_sampling_never_upsamples_and_matches_the_range() -> None:
     for source in (np.zeros((1600, 2560, 3), np.uint8), np.zeros((400, 400, 3), np.uint8)):
         for _ in range(10):
             view = builders.sample_view(source, rng, spec)
-            assert 256 <= min(view.shape[:2]) <= 384
+            # a 3:2 crop fitted into the 400-px crop box comes out shorter than the drawn short side
+            assert 256 * 400 / 576 - 1 <= min(view.shape[:2]) <= 384
+            assert max(view.shape[:2]) <= spec.max_crop_side
             assert max(view.shape[:2]) / min(view.shape[:2]) <= 1.5 + 0.01
+
+
+def test_a_large_photo_and_a_generated_thumbnail_get_the_same_downscale_distribution() -> None:
+    """Recipe v3: a 3000x4500 camera photo is no longer reduced ~10x into every view while a 400-px generated
+    image is reduced ~1.2x; half the views of both are native pixels and the rest share one factor distribution."""
+    spec = builders.ViewSpec()
+
+    def factors(height: int, width: int) -> np.ndarray:
+        rng = np.random.default_rng(7)
+        views = [builders.view_geometry(height, width, rng, spec) for _ in range(2000)]
+        for g in views:
+            assert max(g.crop_h, g.crop_w) <= spec.max_crop_side
+            assert g.height <= g.crop_h and g.width <= g.crop_w  # never upsampled
+        return np.array([g.downscale for g in views])
+
+    photo, thumbnail = factors(3000, 4500), factors(400, 400)
+    for drawn in (photo, thumbnail):
+        assert 1.0 <= drawn.min() and drawn.max() <= spec.max_downscale + 0.01
+        assert 0.45 < np.mean(drawn == 1.0) < 0.6
+    # any source that holds the crop box gets the same distribution (draws differ: integers() consumes by range)
+    for q in (25, 50, 75, 90, 99):
+        assert abs(np.percentile(photo, q) - np.percentile(thumbnail, q)) < 0.05
+    assert np.percentile(photo, 90) > 1.4  # and the non-native half are real downscales
+    view = builders.sample_view(np.zeros((3000, 4500, 3), np.uint8), np.random.default_rng(0), spec)
+    assert min(view.shape[:2]) <= spec.short_side[1]
 
 
 def test_loss_weights_are_two_two_one() -> None:

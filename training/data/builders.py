@@ -240,31 +240,76 @@ ASPECTS = (1.0, 1.0, 4 / 3, 3 / 2)  # square twice as likely: the AI sources are
 
 @dataclass(frozen=True)
 class ViewSpec:
-    """How one view is cut from a source: short side range and aspect choices, the same for both classes."""
+    """How one view is cut from a source, drawn the same way for both classes: the view's short side, its aspect,
+    and how much it is downscaled.
 
-    short_side: tuple[int, int] = (256, 384)
+    Recipe v3 (``local-v3``) cuts every crop (before any downscale) inside a ``max_crop_side`` square, a box that
+    almost every source of both classes contains (the generated images are mostly 400x400 thumbnails), so crop
+    and view geometry are drawn identically for any source at least that large. Before v3 a real 3000-px photo
+    was downscaled ~10x into a view and a generated one ~1.2x: real views were all crisp Lanczos reductions, so
+    native camera pixels (what contract v2's tiles of a large photo show) looked unfamiliar and the downscale
+    factor was a class cue. Now half the views are native pixels and the rest are downscaled by a log-uniform
+    factor up to ``max_downscale``, for both classes.
+    """
+
+    short_side: tuple[int, int] = (192, 384)
     aspects: tuple[float, ...] = ASPECTS
+    native_share: float = 0.5
+    max_downscale: float = 2.0
+    max_crop_side: int = 400
+
+
+@dataclass(frozen=True)
+class ViewGeometry:
+    """Where a view is cut (``top``, ``left``, ``crop_h`` x ``crop_w`` source pixels) and its size after the
+    downscale (``height`` x ``width``; equal to the crop for a native view)."""
+
+    top: int
+    left: int
+    crop_h: int
+    crop_w: int
+    height: int
+    width: int
+
+    @property
+    def downscale(self) -> float:
+        return min(self.crop_h, self.crop_w) / min(self.height, self.width)
+
+
+def view_geometry(height: int, width: int, rng: np.random.Generator, spec: ViewSpec = ViewSpec()) -> ViewGeometry:
+    """Draw one view of a ``height`` x ``width`` source (see :class:`ViewSpec`). Never upsamples."""
+    aspect = float(rng.choice(spec.aspects))  # width / height; < 1 is portrait
+    if rng.random() < 0.5:
+        aspect = 1 / aspect
+    box_h, box_w = min(height, spec.max_crop_side), min(width, spec.max_crop_side)
+    short_max = min(box_h, box_w)
+    short_target = min(int(rng.integers(spec.short_side[0], spec.short_side[1] + 1)), short_max)
+    factor = 1.0 if rng.random() < spec.native_share else float(np.exp(rng.uniform(0.0, np.log(spec.max_downscale))))
+    crop_short = max(short_target, min(round(short_target * factor), short_max))
+    if aspect >= 1:
+        crop_h, crop_w = crop_short, round(crop_short * aspect)
+    else:
+        crop_h, crop_w = round(crop_short / aspect), crop_short
+    if crop_h > box_h or crop_w > box_w:  # the long side does not fit: shrink crop and view alike (same factor)
+        shrink = min(box_h / crop_h, box_w / crop_w)
+        crop_h, crop_w = max(1, int(crop_h * shrink)), max(1, int(crop_w * shrink))
+        short_target = max(1, round(short_target * shrink))
+    top, left = int(rng.integers(0, height - crop_h + 1)), int(rng.integers(0, width - crop_w + 1))
+    scale = min(1.0, short_target / min(crop_h, crop_w))
+    out_h, out_w = (crop_h, crop_w) if scale >= 1.0 else (max(1, round(crop_h * scale)), max(1, round(crop_w * scale)))
+    return ViewGeometry(top, left, crop_h, crop_w, out_h, out_w)
 
 
 def sample_view(rgb: np.ndarray, rng: np.random.Generator, spec: ViewSpec = ViewSpec()) -> np.ndarray:
-    """A random crop of a shared aspect distribution, *downscaled* (never upscaled) to a short side drawn from
-    ``spec.short_side``. Both classes go through this, so width, height and aspect carry no class information,
-    and no view is an upsampled image (the contract's later upsizing to 512 hits both classes alike)."""
-    height, width = rgb.shape[:2]
-    aspect = float(rng.choice(spec.aspects))
-    if rng.random() < 0.5:
-        aspect = 1 / aspect  # portrait
-    # largest crop of that aspect, then a random zoom in (keeping at least the target short side)
-    crop_h, crop_w = (height, int(height * aspect)) if width / height >= aspect else (int(width / aspect), width)
-    short_target = int(rng.integers(spec.short_side[0], spec.short_side[1] + 1))
-    short_target = min(short_target, crop_h, crop_w)
-    zoom = rng.uniform(max(short_target / min(crop_h, crop_w), 0.35), 1.0)
-    crop_h, crop_w = max(short_target, int(crop_h * zoom)), max(short_target, int(crop_w * zoom))
-    top, left = int(rng.integers(0, height - crop_h + 1)), int(rng.integers(0, width - crop_w + 1))
-    crop = Image.fromarray(rgb[top : top + crop_h, left : left + crop_w])
-    scale = short_target / min(crop_h, crop_w)
-    size = (max(short_target, round(crop_w * scale)), max(short_target, round(crop_h * scale)))
-    return np.asarray(crop.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0))
+    """A random view (:func:`view_geometry`): a crop of a shared aspect distribution, downscaled (never upscaled) by
+    a factor drawn the same way for both classes, so width, height, aspect and downscale carry no class
+    information. Sources smaller than the drawn size give a smaller, native view."""
+    g = view_geometry(*rgb.shape[:2], rng, spec)
+    crop = rgb[g.top : g.top + g.crop_h, g.left : g.left + g.crop_w]
+    if (g.height, g.width) == (g.crop_h, g.crop_w):
+        return np.ascontiguousarray(crop)
+    resized = Image.fromarray(crop).resize((g.width, g.height), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return np.asarray(resized)
 
 
 def prior_compress(rgb: np.ndarray, rng: np.random.Generator) -> tuple[bytes, str]:

@@ -9,8 +9,9 @@ Per real photograph (split by source photo, so no scene is in two splits):
 - ``extra_real_views`` more plain real views, balancing the classes against the text-to-image images.
 Per ComfyUI text-to-image image: ``views_per_generated`` views, class 1, both masks all ones.
 
-Every sample of both classes goes through :func:`~training.data.builders.sample_view` (a crop of a shared
-aspect distribution, downscaled to a shared short-side range: the size distributions match across classes) and
+Every sample of both classes goes through :func:`~training.data.builders.sample_view` (recipe v3: a crop inside a
+shared 400-px box, of a shared aspect distribution, native or downscaled by a shared factor: sizes and downscale
+factors match across classes, and half the views are native camera or generator pixels, as serving's tiles are) and
 :func:`~training.data.builders.prior_compress` (random JPEG or WebP). The loaders then apply the serving contract
 (:mod:`gamma.preprocess`, JPEG-96 alignment), so the stored files are pre-alignment, like uploads.
 
@@ -36,7 +37,7 @@ from training.data import builders
 from training.data.sources import SourceImage, all_sources, generator_of
 from training.labels import label_of
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "cache" / "local-v1"
+DEFAULT_OUT = Path(__file__).resolve().parent / "cache" / "local-v3"
 SPLITS = ("train", "val", "test")
 
 

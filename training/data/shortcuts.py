@@ -10,7 +10,7 @@ Two feature sets, each fed to a cross-validated logistic regression (scikit-lear
   above 3/8 cycles per pixel (an image upsampled by s has almost none above 1/(2s)).
 
 If the recipe's size matching and compression randomisation work, both score at chance. Run on a built set:
-``python -m training.data.shortcuts training/data/cache/local-v1/train.jsonl``.
+``python -m training.data.shortcuts training/data/cache/local-v3/train.jsonl``.
 """
 
 from __future__ import annotations
