@@ -10,6 +10,7 @@
     source = "s3://uploads/daily/"
     cron = "0 2 * * *"          # minute hour day-of-month month day-of-week, UTC
     full = false                 # optional: true re-infers everything (default: incremental)
+    coverage = "full"            # optional: centre|five|full tiles per image (default: the worker's GAMMA_COVERAGE)
     name = "uploads-nightly"     # optional: the beat entry's name
 
 Each entry becomes a beat entry that sends :data:`SUBMIT_TASK_NAME` with the source; a worker runs it and
@@ -36,6 +37,8 @@ from typing import Any
 from celery.schedules import crontab
 from celery.signals import before_task_publish
 
+from gamma.tiling import parse_coverage  # numpy only
+
 SUBMIT_TASK_NAME = "gamma.submit_scan"
 
 
@@ -49,6 +52,7 @@ class ScheduledScan:
     cron: str
     full: bool = False
     name: str = ""
+    coverage: str = ""  # "": the submitting worker's GAMMA_COVERAGE
 
     @property
     def entry_name(self) -> str:
@@ -83,10 +87,17 @@ def _entries(raw: Any) -> list[ScheduledScan]:
             or not isinstance(item.get("cron"), str)
         ):
             raise ScheduleError(f"entry {index}: needs string 'source' and 'cron', got {item!r}")
-        unknown = set(item) - {"source", "cron", "full", "name"}
+        unknown = set(item) - {"source", "cron", "full", "name", "coverage"}
         if unknown:
             raise ScheduleError(f"entry {index}: unknown keys {sorted(unknown)}")
-        entry = ScheduledScan(item["source"], item["cron"], bool(item.get("full", False)), str(item.get("name", "")))
+        coverage = item.get("coverage", "")
+        try:
+            coverage = parse_coverage(coverage).value if coverage else ""
+        except ValueError as error:
+            raise ScheduleError(f"entry {index}: {error}") from error
+        entry = ScheduledScan(
+            item["source"], item["cron"], bool(item.get("full", False)), str(item.get("name", "")), coverage
+        )
         parse_cron(entry.cron)
         entries.append(entry)
     names = [e.entry_name for e in entries]
@@ -122,11 +133,18 @@ def beat_schedule(entries: list[ScheduledScan], queue: str) -> dict[str, dict[st
             "task": SUBMIT_TASK_NAME,
             "schedule": parse_cron(entry.cron),
             "args": [entry.source],
-            "kwargs": {"full": entry.full, "entry": entry.entry_name},
+            "kwargs": _submit_kwargs(entry),
             "options": {"queue": queue},
         }
         for entry in entries
     }
+
+
+def _submit_kwargs(entry: ScheduledScan) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"full": entry.full, "entry": entry.entry_name}
+    if entry.coverage:  # only when the entry sets it: entries without one keep the worker's GAMMA_COVERAGE
+        kwargs["coverage"] = entry.coverage
+    return kwargs
 
 
 MAX_SUBMIT_KEY = 512  # scans.submit_key

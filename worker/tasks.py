@@ -16,6 +16,7 @@ message requeued instead.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -560,15 +561,19 @@ SUBMIT_WAIT_SHARE = 0.75
     soft_time_limit=settings.submit_soft_time_limit_s,
     time_limit=settings.submit_time_limit_s,
 )
-def submit_scheduled(source: str, full: bool = False, entry: str = "", fired_at: str = "") -> dict[str, int]:
-    """The beat task: submit a scan of ``source`` as ``gamma-submit`` does (list, skip known, queue chunks).
+def submit_scheduled(
+    source: str, full: bool = False, entry: str = "", fired_at: str = "", coverage: str = ""
+) -> dict[str, int]:
+    """The beat task: submit a scan of ``source`` as ``gamma-submit`` does (list, skip known, queue chunks), under
+    the entry's ``coverage`` if it names one, else this worker's ``GAMMA_COVERAGE``.
 
     Idempotent per (``entry``, ``fired_at``), both in the message beat sends (:mod:`worker.schedule`): a second
     delivery of it finds the scan the first one claimed. Without ``fired_at`` every call is a new scan.
     """
     key = submit_key(entry or source, fired_at) if fired_at else None
     budget = SUBMIT_WAIT_SHARE * settings.submit_soft_time_limit_s
-    submitted = submit_scan(settings, source, full=full, submit_key=key, time_budget_s=budget)
+    scan_settings = dataclasses.replace(settings, coverage=coverage) if coverage else settings
+    submitted = submit_scan(scan_settings, source, full=full, submit_key=key, time_budget_s=budget)
     log.info("scheduled scan %d of %s (%s): %d objects listed%s", submitted.scan_id, source, key, submitted.total,
              " (there already)" if submitted.existing else "")  # fmt: skip
     return {"scan_id": submitted.scan_id, "total": submitted.total, "existing": int(submitted.existing)}

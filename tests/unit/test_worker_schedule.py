@@ -38,6 +38,16 @@ def test_json_schedule_parses_into_crontab_entries() -> None:
     assert second["schedule"].minute == set(range(0, 60, 15))
 
 
+def test_an_entry_may_name_its_coverage() -> None:
+    value = json.dumps([
+        {"source": "s3://b/p", "cron": "0 2 * * *", "coverage": " FULL"},
+        {"source": "s3://b/q", "cron": "0 3 * * *"},
+    ])  # fmt: skip
+    with_coverage, without = beat_schedule(load_schedule(value), "gamma.scan").values()
+    assert with_coverage["kwargs"] == {"full": False, "entry": "scan s3://b/p at 0 2 * * *", "coverage": "full"}
+    assert "coverage" not in without["kwargs"]  # the submitting worker's GAMMA_COVERAGE
+
+
 def test_toml_file_schedule_and_the_app_carries_it(tmp_path: Path) -> None:
     path = tmp_path / "schedule.toml"
     path.write_text('[[scan]]\nsource = "s3://uploads/daily/"\ncron = "30 3 * * 0"\nname = "uploads-nightly"\n')
@@ -56,6 +66,7 @@ def test_toml_file_schedule_and_the_app_carries_it(tmp_path: Path) -> None:
         '[{"source": "s3://b/p", "cron": "61 2 * * *"}]',
         '[{"cron": "0 2 * * *"}]',
         '[{"source": "s3://b/p", "cron": "0 2 * * *", "when": "now"}]',
+        '[{"source": "s3://b/p", "cron": "0 2 * * *", "coverage": "everything"}]',
         "{not json",
         "/no/such/schedule.toml",
     ],
@@ -109,6 +120,26 @@ def test_the_beat_task_creates_a_scan_and_enqueues_its_chunks(tmp_path: Path, ea
         scan = session.get(Scan, scan_id)
         assert scan is not None and (scan.status, scan.total) == ("running", 5)
         assert session.query(ScanItem).filter_by(scan_id=scan_id).count() == 5
+    engine.dispose()
+
+
+def test_the_beat_task_scans_under_the_entry_coverage(tmp_path: Path, eager_tasks: Settings) -> None:
+    """An entry's coverage overrides the worker's (here the default, five) for that scan and all its chunks."""
+    assert eager_tasks.coverage == "five"
+    folder = _images(tmp_path / "images")
+    app = create_app(eager_tasks)
+    with app.connection() as connection:
+        channel = connection.default_channel
+        channel.queue_declare(eager_tasks.queue)
+        channel.queue_purge(eager_tasks.queue)
+        result = tasks.submit_scheduled.apply(args=[str(folder)], kwargs={"coverage": "full"})
+        assert result.successful(), result.traceback
+        messages = _drain(channel, eager_tasks.queue)
+    assert messages and {m.decode()[1]["coverage"] for m in messages} == {"full"}
+    engine = make_engine(eager_tasks.db_url)
+    with session_factory(engine)() as session:
+        scan = session.get(Scan, result.get()["scan_id"])
+        assert scan is not None and scan.coverage == "full"
     engine.dispose()
 
 
