@@ -9,6 +9,10 @@
    over the ``full`` coverage's tile probabilities, overall and on the images with more than one tile.
 3. **Coverage default** (``DEFAULT_COVERAGE``): on the test split, ROC-AUC, tiles per image and model seconds per
    image for ``centre``, ``five`` and ``full``.
+4. **Image score** (``IMAGE_SCORE``): validation (and test) ROC-AUC of the classification head's probability (the
+   paper's) beside scores read from the AI mask the same pass returns (its mean and 99th percentile over the seen
+   pixels) and their fusion (the mean of the head's logit and the mask-mean's logit): a region edit moves a few
+   mask pixels a lot and the pooled classification token little.
 
 Everything runs the served form of the model (:class:`gamma.inference.TorchBackend`) on the contract's tiles.
 """
@@ -30,7 +34,7 @@ import torch
 
 from gamma import preprocess as contract
 from gamma.inference import TorchBackend, infer_tiles
-from gamma.tiling import AGGREGATIONS, STRIDE, Coverage, aggregate_probability, plan_tiles
+from gamma.tiling import AGGREGATIONS, STRIDE, Coverage, TileOutputs, aggregate_probability, plan_tiles
 from gamma.weights import DEFAULT_MODEL, load_checkpoint
 from training.data.datasets import GammaDataset
 from training.evaluate import limit_per_group, load_samples
@@ -113,6 +117,49 @@ def coverage_modes(backend: TorchBackend, dataset: GammaDataset) -> dict[str, An
     return report
 
 
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-4), 1 - 1e-4)
+    return float(np.log(p / (1 - p)))
+
+
+def image_scores(result: TileOutputs) -> dict[str, float]:
+    """The candidate image scores of one image's combined tiles (masks are uint8 probabilities at MASK_STRIDE)."""
+    seen = result.plan.seen()
+    ai = result.ai_mask[seen].astype(np.float32) / 255.0 if result.ai_mask.shape == seen.shape else np.zeros(1)
+    mask_mean = float(ai.mean()) if ai.size else 0.0
+    fused = 1 / (1 + np.exp(-(_logit(result.probability) + _logit(mask_mean)) / 2))
+    return {
+        "classifier": float(result.probability),
+        "ai_mask_mean": mask_mean,
+        "ai_mask_q99": float(np.quantile(ai, 0.99)) if ai.size else 0.0,
+        "fused": float(fused),
+    }
+
+
+@torch.no_grad()
+def image_score(backend: TorchBackend, dataset: GammaDataset, coverage: Coverage) -> dict[str, Any]:
+    """ROC-AUC of each candidate image score of :func:`image_scores` over ``dataset``, overall and per kind."""
+    rows, labels, groups = [], [], []
+    for index in range(len(dataset)):
+        tiles, _, label = dataset.tiles(index, coverage)
+        rows.append(image_scores(infer_tiles(backend, [tiles])[0]))
+        labels.append(label)
+        groups.append(dataset.samples[index].group)
+    report: dict[str, Any] = {"images": len(labels)}
+    for name in rows[0] if rows else ():
+        scores = [row[name] for row in rows]
+        # per AI kind against every real-class image: which kinds each score finds
+        per_kind = {
+            kind: _auc(
+                [labels[i] for i in range(len(labels)) if labels[i] == 0 or groups[i] == kind],
+                [scores[i] for i in range(len(labels)) if labels[i] == 0 or groups[i] == kind],
+            )
+            for kind in sorted({g for g, label in zip(groups, labels) if label == 1})
+        }
+        report[name] = {"roc_auc": _auc(labels, scores), "roc_auc_per_ai_kind": per_kind}
+    return report
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", default=DEFAULT_MODEL)
@@ -133,6 +180,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "smallest_size_val": smallest_size(backend, val),
         "aggregation_val": aggregation(backend, val),
         "coverage_test": coverage_modes(backend, test),
+        "image_score_val": image_score(backend, val, Coverage.FIVE),
+        "image_score_test": image_score(backend, test, Coverage.FIVE),
     }
     text = json.dumps(report, indent=2, default=float)
     if args.json is not None:
