@@ -41,6 +41,7 @@ from training.evaluate import limit_per_group, load_samples
 from training.metrics import image_metrics
 
 SIDES = (32, 64, 96, 128, 192)
+CHOICES = ("size", "aggregation", "coverage", "image-score")
 
 
 def _auc(labels: list[int], scores: list[float]) -> float:
@@ -168,21 +169,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--limit", type=int, default=None, help="at most N images per (group, class): a quick look")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--only", choices=sorted(CHOICES), action="append", default=None,
+                        help="measure only these choices (repeatable; default: all)")  # fmt: skip
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     loaded = load_checkpoint(args.checkpoint)
     backend = TorchBackend(loaded.model, loaded.config, loaded.name, loaded.version)
     val = GammaDataset(limit_per_group(load_samples(args.val), args.limit))
     test = GammaDataset(limit_per_group(load_samples(args.test), args.limit))
-    report = {
-        "checkpoint": loaded.name,
-        "stride": STRIDE,
-        "smallest_size_val": smallest_size(backend, val),
-        "aggregation_val": aggregation(backend, val),
-        "coverage_test": coverage_modes(backend, test),
-        "image_score_val": image_score(backend, val, Coverage.FIVE),
-        "image_score_test": image_score(backend, test, Coverage.FIVE),
+    measures = {
+        "size": {"smallest_size_val": lambda: smallest_size(backend, val)},
+        "aggregation": {"aggregation_val": lambda: aggregation(backend, val)},
+        "coverage": {"coverage_test": lambda: coverage_modes(backend, test)},
+        "image-score": {
+            "image_score_val": lambda: image_score(backend, val, Coverage.FIVE),
+            "image_score_test": lambda: image_score(backend, test, Coverage.FIVE),
+        },
     }
+    report: dict[str, Any] = {"checkpoint": loaded.name, "stride": STRIDE}
+    for choice in args.only or CHOICES:
+        report |= {key: measure() for key, measure in measures[choice].items()}
     text = json.dumps(report, indent=2, default=float)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
