@@ -16,8 +16,10 @@ Which tiles are seen is the *coverage*:
 
 The grid along a side of ``L`` pixels with tile ``t`` has ``n = ceil((L - o) / (t - o))`` tiles for a minimum overlap
 ``o`` (``MIN_OVERLAP``), spread evenly from one end to the other; every tile origin is on the masks' 4-px grid, so
-tile masks stitch into one full-image mask exactly. The image's probability aggregates its tiles' probabilities
-(:data:`AGGREGATION`); the stitched masks take the maximum where tiles overlap, and are zero where no tile looked.
+tile masks stitch into one full-image mask exactly. The classification head's image probability aggregates its
+tiles' probabilities (:data:`AGGREGATION`); the stitched masks take the maximum where tiles overlap, and are zero
+where no tile looked. The image's score, judged against the thresholds, is that probability or its fusion with
+the AI mask (:data:`IMAGE_SCORE`).
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ from enum import StrEnum
 import numpy as np
 
 __all__ = [
-    "AGGREGATION", "DEFAULT_COVERAGE", "MASK_STRIDE", "MAX_MASK_SIDE", "MIN_OVERLAP", "MIN_SIDE", "STRIDE",
-    "TILE_SIZE", "Box", "Coverage", "TileOutputs", "TilePlan", "aggregate_probability", "combine_tiles",
-    "parse_coverage", "plan_tiles", "stitch_masks", "tile_area",
+    "AGGREGATION", "DEFAULT_COVERAGE", "IMAGE_SCORE", "IMAGE_SCORES", "MASK_STRIDE", "MAX_MASK_SIDE", "MIN_OVERLAP",
+    "MIN_SIDE", "STRIDE", "TILE_SIZE", "Box", "Coverage", "TileOutputs", "TilePlan", "aggregate_probability",
+    "combine_tiles", "image_probability", "parse_coverage", "plan_tiles", "stitch_masks", "tile_area",
 ]  # fmt: skip
 
 Box = tuple[int, int, int, int]  # left, top, right, bottom (right/bottom exclusive)
@@ -64,6 +66,11 @@ DEFAULT_COVERAGE = Coverage.FIVE
 # let one odd tile of a large real photo decide, and training/contract_choices.py re-measures it on any new data.
 AGGREGATION = "mean-logit"
 AGGREGATIONS = ("mean-logit", "max")
+# The image score (training/contract_choices.py measures each on validation): ``classifier``, the classification
+# head's aggregated probability (the paper's); ``fused``, the mean of its logit and the logit of the AI mask's mean
+# over the seen pixels (a region edit moves a few mask pixels much and the pooled classification token little).
+IMAGE_SCORES = ("classifier", "fused")
+IMAGE_SCORE = "classifier"
 
 
 def parse_coverage(value: str | Coverage | None) -> Coverage:
@@ -165,6 +172,20 @@ def aggregate_probability(probabilities: Sequence[float] | np.ndarray, rule: str
     raise ValueError(f"unknown aggregation {rule!r} (choose {'|'.join(AGGREGATIONS)})")
 
 
+def _logit(p: float) -> float:
+    p = min(max(float(p), 1e-4), 1 - 1e-4)  # a mask mean of exactly 0 or 1 stays finite
+    return math.log(p / (1 - p))
+
+
+def image_probability(head_probability: float, ai_mask_mean: float, rule: str = IMAGE_SCORE) -> float:
+    """The image's score from the head's aggregated probability and the AI mask's mean (0..1) over seen pixels."""
+    if rule == "classifier":
+        return float(head_probability)
+    if rule == "fused":
+        return 1.0 / (1.0 + math.exp(-(_logit(head_probability) + _logit(ai_mask_mean)) / 2))
+    raise ValueError(f"unknown image score {rule!r} (choose {'|'.join(IMAGE_SCORES)})")
+
+
 def stitch_masks(plan: TilePlan, masks: np.ndarray) -> np.ndarray:
     """Tile masks (N, tile_height/4, tile_width/4) -> one full-image mask (rows, columns) at MASK_STRIDE.
 
@@ -198,14 +219,18 @@ def cap_mask(mask: np.ndarray, max_side: int = MAX_MASK_SIDE) -> np.ndarray:
 class TileOutputs:
     """One image's outputs assembled from its tiles.
 
-    ``probability``: aggregated AI probability; ``ai_mask``/``manipulation_mask``: uint8 (rows, columns) stitched
-    at MASK_STRIDE (capped at MAX_MASK_SIDE); ``ai_area``/``manipulated_area``: the flagged share of the most
-    affected tile (:func:`tile_area`); ``tile_probabilities``: per seen tile, in ``plan.boxes`` order;
-    ``top_tile``: the box of the most suspicious tile in image pixels.
+    ``probability``: the image's score (:data:`IMAGE_SCORE`), what thresholds judge; ``head_probability``: the
+    classification head's aggregated probability; ``ai_mask_mean``: the AI mask's mean over the seen pixels (0..1);
+    ``ai_mask``/``manipulation_mask``: uint8 (rows, columns) stitched at MASK_STRIDE (capped at MAX_MASK_SIDE);
+    ``ai_area``/``manipulated_area``: the flagged share of the most affected tile (:func:`tile_area`);
+    ``tile_probabilities``: the head's, per seen tile, in ``plan.boxes`` order; ``top_tile``: the box of the most
+    suspicious tile in image pixels.
     """
 
     plan: TilePlan
     probability: float
+    head_probability: float
+    ai_mask_mean: float
     ai_mask: np.ndarray
     manipulation_mask: np.ndarray
     tile_probabilities: np.ndarray
@@ -250,9 +275,14 @@ def combine_tiles(
     """Per-tile outputs (N,), (N, h/4, w/4) x 2 -> the image's :class:`TileOutputs` (areas per :func:`tile_area`)."""
     probabilities = np.asarray(probabilities, dtype=np.float32).reshape(-1)
     ai, manipulation = stitch_masks(plan, ai_masks), stitch_masks(plan, manipulation_masks)
+    head = aggregate_probability(probabilities, rule)
+    seen_ai = ai[plan.seen()]
+    ai_mean = float(seen_ai.mean()) / (255.0 if ai.dtype == np.uint8 else 1.0) if seen_ai.size else 0.0
     return TileOutputs(
         plan=plan,
-        probability=aggregate_probability(probabilities, rule),
+        probability=image_probability(head, ai_mean),
+        head_probability=head,
+        ai_mask_mean=ai_mean,
         ai_mask=cap_mask(ai),
         manipulation_mask=cap_mask(manipulation),
         tile_probabilities=probabilities,

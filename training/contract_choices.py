@@ -34,7 +34,15 @@ import torch
 
 from gamma import preprocess as contract
 from gamma.inference import TorchBackend, infer_tiles
-from gamma.tiling import AGGREGATIONS, STRIDE, Coverage, TileOutputs, aggregate_probability, plan_tiles
+from gamma.tiling import (
+    AGGREGATIONS,
+    STRIDE,
+    Coverage,
+    TileOutputs,
+    aggregate_probability,
+    image_probability,
+    plan_tiles,
+)
 from gamma.weights import DEFAULT_MODEL, load_checkpoint
 from training.data.datasets import GammaDataset
 from training.evaluate import limit_per_group, load_samples
@@ -118,22 +126,15 @@ def coverage_modes(backend: TorchBackend, dataset: GammaDataset) -> dict[str, An
     return report
 
 
-def _logit(p: float) -> float:
-    p = min(max(p, 1e-4), 1 - 1e-4)
-    return float(np.log(p / (1 - p)))
-
-
 def image_scores(result: TileOutputs) -> dict[str, float]:
     """The candidate image scores of one image's combined tiles (masks are uint8 probabilities at MASK_STRIDE)."""
     seen = result.plan.seen()
     ai = result.ai_mask[seen].astype(np.float32) / 255.0 if result.ai_mask.shape == seen.shape else np.zeros(1)
-    mask_mean = float(ai.mean()) if ai.size else 0.0
-    fused = 1 / (1 + np.exp(-(_logit(result.probability) + _logit(mask_mean)) / 2))
     return {
-        "classifier": float(result.probability),
-        "ai_mask_mean": mask_mean,
+        "classifier": image_probability(result.head_probability, result.ai_mask_mean, "classifier"),
+        "ai_mask_mean": result.ai_mask_mean,
         "ai_mask_q99": float(np.quantile(ai, 0.99)) if ai.size else 0.0,
-        "fused": float(fused),
+        "fused": image_probability(result.head_probability, result.ai_mask_mean, "fused"),
     }
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from gamma import tiling
 from gamma.inference import BatchOutputs, Detector, infer_tiles
 from gamma.preprocess import align_format, decode_rgb, preprocess
 from gamma.tiling import (
@@ -504,3 +505,20 @@ def test_images_under_64_px_are_refused_too_small(size: tuple[int, int], fmt: st
         "detail": result.error.detail,
     }
     assert "64" in result.error.detail and backend.received == []
+
+
+def test_the_image_score_is_the_head_or_its_fusion_with_the_seen_ai_mask() -> None:
+    plan = plan_tiles(1024, 512, Coverage.CENTRE)  # one 512 tile seen of a 1024-px-wide image
+    side = TILE_SIZE // MASK_STRIDE
+    ai = np.zeros((1, side, side), np.uint8)
+    ai[0, : side // 2] = 255  # half the seen tile flagged; the unseen half of the image must not dilute it
+    result = combine_tiles(plan, np.array([0.3], np.float32), ai, np.zeros_like(ai), mask_pixel=0.5)
+    assert result.head_probability == pytest.approx(0.3)
+    assert result.ai_mask_mean == pytest.approx(0.5)
+    assert result.probability == pytest.approx(tiling.image_probability(0.3, 0.5, tiling.IMAGE_SCORE))
+    assert tiling.image_probability(0.3, 0.5, "classifier") == pytest.approx(0.3)
+    # fused: the mean of the two logits (logit 0.5 = 0, so the head's logit halves); finite at a mask mean of 0 or 1
+    assert tiling.image_probability(0.3, 0.5, "fused") == pytest.approx(1 / (1 + np.exp(-np.log(0.3 / 0.7) / 2)))
+    assert 0.0 < tiling.image_probability(0.3, 0.0, "fused") < tiling.image_probability(0.3, 1.0, "fused") < 1.0
+    with pytest.raises(ValueError, match="unknown image score"):
+        tiling.image_probability(0.3, 0.5, "max-mask")
