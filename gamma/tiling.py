@@ -43,9 +43,9 @@ TILE_SIZE = 512
 STRIDE = 32  # the encoder's output stride: tile sides are multiples of it, so every stage divides evenly
 MASK_STRIDE = 4  # the decoders predict at 1/4 resolution; masks cross the wire and are stored at that stride
 MIN_OVERLAP = 32  # one stage-4 cell: a trace cut by one tile's edge lies whole inside its neighbour
-# Measured (training/contract_choices.py, 440 validation images cut to their centre s x s, shipped model): ROC-AUC
-# 0.54 at 32 px (chance), 0.60 at 64, 0.67 at 96, 0.75 at 128, 0.82 at 192, 0.83 whole. Under 64 px the stage-4 map
-# is a single cell and the model is at chance, so such images are refused rather than judged.
+# Measured (training/contract_choices.py, 440 validation images cut to their centre s x s, shipped version 3):
+# ROC-AUC 0.61 at 32 px, 0.69 at 64, 0.79 at 96, 0.85 at 128, 0.89 at 192, 0.90 whole (version 2: 0.54 at 32, at
+# chance). Under 64 px the stage-4 map is a single cell and the score is near chance, so such images are refused.
 MIN_SIDE = 64
 MAX_MASK_SIDE = 2048  # stitched masks above this side are max-pooled down by an integer factor (8192-px images)
 
@@ -56,14 +56,15 @@ class Coverage(StrEnum):
     FULL = "full"
 
 
-# Chosen from cost vs detection: on the test split the three modes score the same (ROC-AUC 0.787 / 0.787 / 0.787:
-# its images are at most 572 px, 1.04 tiles each), so cost decides: ``five`` bounds any photo at 5 tiles (a 12 MP
-# one: 5 vs 63 for ``full``, README's coverage bench) while looking at its corners; ``full`` is a per-scan choice.
+# Chosen from cost vs detection: on the test split's 27 source pictures, whole (training/data/whole_sources.py; 11.2
+# tiles each under ``full``) the three modes score the same (ROC-AUC 0.889 each), so cost decides: ``five`` bounds
+# any photo at 5 tiles (a 12 MP one: 5 vs 63 for ``full``, README's coverage bench) while looking at its corners;
+# ``full`` is a per-scan choice.
 DEFAULT_COVERAGE = Coverage.FIVE
 
-# How tile probabilities become the image's (see aggregate_probability). Validation cannot tell the rules apart yet
-# (ROC-AUC 0.825 for both; only 3 of its 440 images span more than one tile), so the rule is the one that does not
-# let one odd tile of a large real photo decide, and training/contract_choices.py re-measures it on any new data.
+# How tile probabilities become the image's (see aggregate_probability). The recipe's views are one tile each, so
+# it is measured on the validation split's 43 source pictures, whole (15 span several tiles): mean logit 0.889 vs
+# max 0.839 ROC-AUC. One odd tile of a large real photo decides a max, not a mean.
 AGGREGATION = "mean-logit"
 AGGREGATIONS = ("mean-logit", "max")
 # The image score (training/contract_choices.py measures each on validation): ``classifier``, the classification

@@ -14,6 +14,10 @@
    pixels) and their fusion (the mean of the head's logit and the mask-mean's logit): a region edit moves a few
    mask pixels a lot and the pooled classification token little.
 
+Choices 2 and 3 need images larger than one tile; a recipe's views are not, so run them on its source pictures,
+whole (``python -m training.data.whole_sources`` writes their val/test manifests; ``--only aggregation --only
+coverage``).
+
 Everything runs the served form of the model (:class:`gamma.inference.TorchBackend`) on the contract's tiles.
 """
 
