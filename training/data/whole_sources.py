@@ -9,6 +9,8 @@ of that split of the recipe, the file at its own path, untouched: a real photogr
 a generated image ``synthetic`` (class 1, AI mask all ones). The split of each source is read from the recipe's
 own manifests, so nothing crosses splits and the validation rows can choose while the test rows only report.
 
+Photos stored turned (:attr:`~training.data.sources.SourceImage.rotate`) are listed as stored.
+
 Caveat for readers of any number on these manifests: the classes also differ in size (the photographs are larger)
 and file format, so use them to compare contract choices on one model, not as a detection score.
 """
@@ -39,6 +41,13 @@ def recipe_sources(recipe: Path, split: str) -> list[str]:
     return sorted({json.loads(line)["source"] for line in lines if line.strip()})
 
 
+def uses_archived_photos(recipe: Path) -> bool:
+    """Whether the recipe was built with the photos fetched from package archives (recipe v4), per its recipe.json."""
+    path = Path(recipe) / "recipe.json"
+    settings = json.loads(path.read_text()).get("settings", {}) if path.is_file() else {}
+    return bool(settings.get("archived_photos", False))
+
+
 def source_row(source: SourceImage) -> dict[str, Any]:
     with Image.open(source.path) as image:
         width, height = image.size
@@ -64,7 +73,9 @@ def build(
     """Writes ``<out>/<split>.jsonl`` for each split; returns per split the images per class and tiles' worth of
     pixels. ``sources`` defaults to every source found on this machine (:func:`all_sources`)."""
     out = Path(out) if out is not None else Path(f"{recipe}-whole")
-    by_id = {s.source_id: s for s in (sources if sources is not None else all_sources())}
+    if sources is None:
+        sources = all_sources(archived=uses_archived_photos(recipe))
+    by_id = {s.source_id: s for s in sources}
     out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, dict[str, int]] = {}
     for split in splits:
