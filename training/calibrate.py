@@ -133,7 +133,9 @@ def write_calibration(directory: Path, calibration: Calibration, data: str, cove
 
 def main(argv: list[str] | None = None) -> Calibration:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint folder (rewritten in place)")
+    parser.add_argument(
+        "--checkpoint", type=Path, required=True, help="checkpoint folder (rewritten in place unless --report-only)"
+    )
     parser.add_argument("--data", type=Path, required=True, help="validation manifest (.jsonl) or folder")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--coverage", default=None, help="tiles per image: centre|five|full (default: serving's)")
@@ -143,6 +145,10 @@ def main(argv: list[str] | None = None) -> Calibration:
         default=None,
         help="a JSON file of labels and scores: read it if it exists, else write it after inference",
     )
+    parser.add_argument(
+        "--report-only", action="store_true",
+        help="print the thresholds this data would give, leave the checkpoint as it is (e.g. the shipped model)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     import torch
 
@@ -158,7 +164,8 @@ def main(argv: list[str] | None = None) -> Calibration:
         if args.scores is not None:
             args.scores.write_text(json.dumps({"labels": labels.tolist(), "scores": scores.tolist()}) + "\n")
     result = calibrate(labels, scores)
-    write_calibration(directory, result, str(args.data), args.coverage)
+    if not args.report_only:
+        write_calibration(directory, result, str(args.data), args.coverage)
     print(json.dumps(result.to_dict(), indent=2))
     return result
 

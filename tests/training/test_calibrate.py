@@ -86,3 +86,19 @@ def test_cli_reuses_saved_scores_without_inference(tmp_path) -> None:
                    "--scores", str(saved), "--threads", "1"])  # fmt: skip
     expected = calibrate(labels, scores).thresholds
     assert load_checkpoint(tmp_path / "m").config.thresholds == result.thresholds == expected
+
+
+def test_report_only_leaves_the_checkpoint_untouched(tmp_path) -> None:
+    from gamma.model import GammaModel
+    from gamma.weights import save_checkpoint
+    from tests.fixtures.models import MICRO_CONFIG
+
+    save_checkpoint(GammaModel(MICRO_CONFIG), tmp_path / "m", {"name": "m", "version": 1})
+    before = {f.name: f.read_bytes() for f in (tmp_path / "m").iterdir()}
+    labels, scores = _scores(3)
+    saved = tmp_path / "scores.json"
+    saved.write_text(json.dumps({"labels": labels.tolist(), "scores": scores.tolist()}))
+    result = main(["--checkpoint", str(tmp_path / "m"), "--data", str(tmp_path / "absent.jsonl"),
+                   "--scores", str(saved), "--threads", "1", "--report-only"])  # fmt: skip
+    assert result.thresholds == calibrate(labels, scores).thresholds
+    assert {f.name: f.read_bytes() for f in (tmp_path / "m").iterdir()} == before
