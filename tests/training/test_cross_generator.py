@@ -96,3 +96,45 @@ def test_end_to_end_with_the_baseline(recipe: Path, tmp_path: Path, capsys: pyte
     assert not (tmp_path / "runs").exists()
     printed = capsys.readouterr().out
     assert "held-out ROC-AUC" in printed and "hidream" in printed
+
+
+def test_gamma_only_folds_write_the_report_after_every_fold(
+    recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--no-fold-baseline`` runs no frozen encoder at all, and a stopped run keeps the folds it finished: when the
+    second fold starts, the JSON on disk already holds the first (``complete: false``). GAMMA's training is replaced
+    by a recorder here; its Trainer has its own tests."""
+    out = tmp_path / "cross.json"
+    seen: list[tuple[str, int, dict]] = []
+
+    def fake_run_gamma(split: cross_generator.LeaveOut, folder: Path, **kwargs: object) -> dict:
+        on_disk = json.loads(out.read_text()) if out.exists() else None
+        seen.append((split.generator, len(split.train), on_disk))
+        report = {"roc_auc": 0.5, "balanced_accuracy_at_threshold": 0.5, "fpr_at_threshold": 0.0}
+        return {"learner": "gamma", "minutes": kwargs["minutes"], "threshold": 0.5, "heldout": report,
+                "reference": report}  # fmt: skip
+
+    def no_encoder(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a GAMMA-only run must not build the frozen feature extractor")
+
+    monkeypatch.setattr(cross_generator, "run_gamma", fake_run_gamma)
+    monkeypatch.setattr(cross_generator.baseline, "FeatureExtractor", no_encoder)
+    report = cross_generator.main(["--data", str(recipe), "--json", str(out), "--top", "2", "--min-sources", "7",
+                                   "--gamma-minutes", "0.5", "--no-fold-baseline", "--no-progress",
+                                   "--out", str(tmp_path / "runs")])  # fmt: skip
+    assert [generator for generator, _, _ in seen] == ["flux", "hidream"]
+    assert seen[0][2] is None  # nothing written before the first fold ends
+    first_on_disk = seen[1][2]
+    assert first_on_disk is not None and first_on_disk["complete"] is False
+    assert [entry["generator"] for entry in first_on_disk["results"]] == ["flux"]
+    final = json.loads(out.read_text())
+    assert final["complete"] is True and final == json.loads(json.dumps(report, default=float))
+    assert [[learner["learner"] for learner in entry["learners"]] for entry in final["results"]] == [["gamma"]] * 2
+    assert not out.with_name(out.name + ".partial").exists()
+
+
+def test_nothing_to_run_is_a_one_line_usage_error(recipe: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        cross_generator.main(["--data", str(recipe), "--no-fold-baseline"])
+    assert stopped.value.code == 2
+    assert "leaves nothing to run" in capsys.readouterr().err
