@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import case, func, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -467,16 +467,25 @@ def link_known(session: Session, scan_id: int, known: dict[str, tuple[int, Resul
 
 
 MAX_DETAIL = 4000
+NOTES_DROPPED = "(further notes dropped)"
 
 
 def note_scan(session: Session, scan_id: int, note: str) -> None:
-    """Append a line to the scan's ``detail`` (what happened on the way: redeliveries, retries), bounded."""
-    scan = session.execute(select(Scan).where(Scan.id == scan_id).with_for_update()).scalar_one_or_none()
-    if scan is None:
-        return
-    detail = scan.detail or ""
-    if len(detail) + len(note) + 1 > MAX_DETAIL:
-        if not detail.endswith("(further notes dropped)"):
-            scan.detail = detail + "\n(further notes dropped)"
-        return
-    scan.detail = f"{detail}\n{note}" if detail else note
+    """Append a line to the scan's ``detail`` (what happened on the way: redeliveries, retries), bounded to
+    ``MAX_DETAIL`` characters: a note that no longer fits is replaced by one ``NOTES_DROPPED`` line.
+
+    One UPDATE computes the new detail from the stored one, so concurrent writers never overwrite each other's
+    notes. (A Python read-then-write under ``SELECT ... FOR UPDATE`` did, on SQLite, which ignores FOR UPDATE.)"""
+    current = func.coalesce(Scan.detail, "")
+    room = MAX_DETAIL - len("\n" + NOTES_DROPPED)  # the marker always fits after the last kept note
+    appended = case((current == "", literal(note)), else_=current + literal("\n" + note))
+    dropped = case(
+        (current.endswith(NOTES_DROPPED, autoescape=True), current),
+        (current == "", literal(NOTES_DROPPED)),
+        else_=current + literal("\n" + NOTES_DROPPED),
+    )
+    fits = func.length(current) + (len(note) + 1) <= room
+    session.execute(
+        update(Scan).where(Scan.id == scan_id).values(detail=case((fits, appended), else_=dropped)),
+        execution_options={"synchronize_session": "fetch"},
+    )

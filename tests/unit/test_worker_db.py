@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from alembic import command
@@ -9,8 +10,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, inspect, text
 
-from worker.db import LEGACY_COVERAGE, Base, Image, Result, alembic_config, make_engine, migrate, session_factory
-from worker.records import known_by_content, known_by_etag
+from worker.db import LEGACY_COVERAGE, Base, Image, Result, Scan, alembic_config, make_engine, migrate, session_factory
+from worker.records import MAX_DETAIL, NOTES_DROPPED, known_by_content, known_by_etag, note_scan
 from worker.storage import ObjectRef
 
 
@@ -56,3 +57,63 @@ def test_results_from_before_contract_v2_are_kept_but_never_reused_by_a_v2_scan(
             assert known_by_etag(session, "b", [ObjectRef("k.jpg", "e1", 10)], "m", 1, mode) == {}
         assert known_by_content(session, ["ab"], "m", 1, LEGACY_COVERAGE) == {"ab": old}
     engine.dispose()
+
+
+def test_concurrent_notes_are_all_kept(migrated_engine: Engine) -> None:
+    """Workers append notes to one scan's detail at the same time (redeliveries, retries); none may be lost.
+
+    ``note_scan`` was a read-then-write in Python guarded by ``SELECT ... FOR UPDATE``, which SQLite ignores: two
+    writers read the same detail and the later commit overwrote the earlier note (seen as a missing "redelivered"
+    note in the worker fault test). The append is now one UPDATE, atomic on every database."""
+    sessions = session_factory(migrated_engine)
+    with sessions.begin() as session:
+        scan = Scan(source_uri="file:///x", model_name="m", model_version=1)
+        session.add(scan)
+        session.flush()
+        scan_id = scan.id
+    writers, per_writer = 4, 12
+    start = threading.Barrier(writers)
+    failures: list[BaseException] = []
+
+    def write(writer: int) -> None:
+        try:
+            start.wait()
+            for i in range(per_writer):
+                with sessions.begin() as session:
+                    note_scan(session, scan_id, f"writer {writer} note {i}")
+        except BaseException as exc:  # surfaced below: an assertion in a thread would be swallowed
+            failures.append(exc)
+
+    threads = [threading.Thread(target=write, args=(writer,)) for writer in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    with sessions() as session:
+        detail = session.get(Scan, scan_id).detail
+    lines = detail.splitlines()
+    assert sorted(lines) == sorted(f"writer {w} note {i}" for w in range(writers) for i in range(per_writer))
+    for writer in range(writers):  # one writer's notes stay in its order
+        mine = [line for line in lines if line.startswith(f"writer {writer} ")]
+        assert mine == [f"writer {writer} note {i}" for i in range(per_writer)]
+
+
+def test_notes_beyond_the_bound_are_dropped_with_one_marker(migrated_engine: Engine) -> None:
+    sessions = session_factory(migrated_engine)
+    with sessions.begin() as session:
+        scan = Scan(source_uri="file:///x", model_name="m", model_version=1)
+        session.add(scan)
+        session.flush()
+        scan_id = scan.id
+    note = "n" * 999
+    for _ in range(6):
+        with sessions.begin() as session:
+            note_scan(session, scan_id, note)
+    with sessions.begin() as session:
+        note_scan(session, scan_id + 1, "a scan that does not exist: nothing happens")
+    with sessions() as session:
+        detail = session.get(Scan, scan_id).detail
+    lines = detail.split("\n")
+    assert len(detail) <= MAX_DETAIL and lines[-1] == NOTES_DROPPED
+    assert lines[:-1] == [note] * (len(lines) - 1) and len(lines) - 1 == 3  # 3 notes of 999 fit; the marker too
