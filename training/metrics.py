@@ -9,6 +9,7 @@ called AI.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,17 +80,64 @@ def expected_calibration_error(labels, scores, bins: int = 10) -> float:
     return float(error)
 
 
-def threshold_at_fpr(labels, scores, target_fpr: float) -> float:
-    """The lowest threshold whose false-positive rate on the real images (label 0) is <= ``target_fpr``.
+def binomial_cdf(k: int, n: int, p: float) -> float:
+    """P(Binomial(n, p) <= k), summed in log space (binomial coefficients of n in the thousands overflow floats)."""
+    if k < 0:
+        return 0.0
+    if k >= n or p <= 0.0:
+        return 1.0
+    if p >= 1.0:
+        return 0.0
+    log_p, log_q, log_n = math.log(p), math.log1p(-p), math.lgamma(n + 1)
+    terms = [log_n - math.lgamma(j + 1) - math.lgamma(n - j + 1) + j * log_p + (n - j) * log_q for j in range(k + 1)]
+    top = max(terms)
+    return min(1.0, math.exp(top) * math.fsum(math.exp(t - top) for t in terms))
 
-    With n real scores, at most floor(target_fpr * n) of them may reach the threshold, so it sits just above the
-    (k+1)-th highest real score (k = that budget): np.nextafter of it. Returns nan without real images.
+
+def exceedances_allowed(real_count: int, target_fpr: float, confidence: float | None = None) -> int:
+    """How many of ``real_count`` validation real images may score at or above the ``ai-generated`` threshold.
+
+    ``confidence`` None: floor(target_fpr x n), the empirical quantile. Its promise holds on validation only: on new
+    real images of the same kind the false-positive rate exceeds the target about half the time.
+
+    ``confidence`` c: the Neyman-Pearson umbrella rule (Tong, Feng & Li, 2018): the largest r such that the threshold
+    above the (r+1)-th highest real score has a true false-positive rate above ``target_fpr`` with probability at
+    most 1 - c, i.e. P(Binomial(n, target_fpr) <= r) <= 1 - c, for real images drawn i.i.d. like validation's. When
+    even r = 0 does not reach that (n < log(1 - c) / log(1 - target_fpr): 59 for 5 % at 95 %), 0: the threshold
+    then sits above every validation real score and :func:`fpr_violation_probability` says how weak the promise is.
+    """
+    if real_count <= 0:
+        return 0
+    plain = int(np.floor(target_fpr * real_count + 1e-9))
+    if confidence is None:
+        return plain
+    allowed = 0
+    for r in range(plain + 1):  # the bound is stricter than the quantile, so r never passes floor(alpha n)
+        if binomial_cdf(r, real_count, target_fpr) > 1.0 - confidence:
+            break
+        allowed = r
+    return allowed
+
+
+def fpr_violation_probability(real_count: int, allowed: int, target_fpr: float) -> float:
+    """P(true false-positive rate > ``target_fpr``) for the threshold that ``allowed`` of ``real_count`` i.i.d.
+    validation real images reach (the umbrella rule's bound; ~0.5 for the empirical quantile)."""
+    return binomial_cdf(allowed, real_count, target_fpr)
+
+
+def threshold_at_fpr(labels, scores, target_fpr: float, confidence: float | None = None) -> float:
+    """The lowest threshold whose false-positive rate on the real images (label 0) is <= ``target_fpr``: on these
+    images (``confidence`` None), or on new ones like them with probability >= ``confidence``
+    (:func:`exceedances_allowed`).
+
+    With k real scores allowed at or above it, the threshold sits just above the (k+1)-th highest real score:
+    np.nextafter of it. Returns nan without real images.
     """
     y, s = _arrays(labels, scores)
     real = np.sort(s[y == 0])[::-1]
     if real.size == 0:
         return float("nan")
-    allowed = int(np.floor(target_fpr * real.size + 1e-9))
+    allowed = exceedances_allowed(real.size, target_fpr, confidence)
     if allowed >= real.size:
         return float(real[-1])
     return float(np.nextafter(real[allowed], np.inf))

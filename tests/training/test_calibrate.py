@@ -53,6 +53,33 @@ def test_a_costlier_review_narrows_the_band() -> None:
     assert cheap >= dear
 
 
+def test_the_threshold_promises_the_target_on_new_images_not_only_on_validation() -> None:
+    labels, scores = _scores(1, n=800)
+    plain = calibrate(labels, scores, fpr_confidence=None)
+    bounded = calibrate(labels, scores)  # 95 %, the default
+    assert bounded.fpr_confidence == 0.95 and plain.fpr_confidence is None
+    assert bounded.fpr_violation_probability <= 0.05 < plain.fpr_violation_probability
+    assert bounded.fpr_at_threshold < plain.fpr_at_threshold <= 0.05  # stricter on validation to hold beyond it
+    upper = bounded.thresholds.ai_probability + bounded.thresholds.review_band
+    assert upper >= plain.thresholds.ai_probability + plain.thresholds.review_band
+
+
+def test_cli_fpr_confidence_zero_is_the_plain_quantile(tmp_path) -> None:
+    from gamma.model import GammaModel
+    from gamma.weights import save_checkpoint
+    from tests.fixtures.models import MICRO_CONFIG
+
+    save_checkpoint(GammaModel(MICRO_CONFIG), tmp_path / "m", {"name": "m", "version": 1})
+    labels, scores = _scores(4)
+    saved = tmp_path / "scores.json"
+    saved.write_text(json.dumps({"labels": labels.tolist(), "scores": scores.tolist()}))
+    result = main(["--checkpoint", str(tmp_path / "m"), "--data", str(tmp_path / "absent.jsonl"),
+                   "--scores", str(saved), "--threads", "1", "--report-only", "--fpr-confidence", "0"])  # fmt: skip
+    assert result == calibrate(labels, scores, fpr_confidence=None)
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", str(tmp_path / "m"), "--data", "x", "--fpr-confidence", "1"])
+
+
 def test_needs_real_images() -> None:
     with pytest.raises(ValueError, match="real"):
         calibrate([1, 1], [0.2, 0.9])

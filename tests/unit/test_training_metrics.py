@@ -55,6 +55,40 @@ def test_threshold_at_fpr_keeps_the_false_positive_budget() -> None:
         assert np.mean(scores[labels == 0] >= np.nextafter(thr, -np.inf)) > fpr or thr == scores[labels == 0].min()
 
 
+def test_binomial_cdf_by_hand_and_against_scipy() -> None:
+    assert metrics.binomial_cdf(0, 3, 0.5) == pytest.approx(1 / 8)
+    assert metrics.binomial_cdf(1, 3, 0.5) == pytest.approx(4 / 8)
+    assert metrics.binomial_cdf(3, 3, 0.5) == 1.0 and metrics.binomial_cdf(-1, 3, 0.5) == 0.0
+    stats = pytest.importorskip("scipy.stats")  # scikit-learn's dependency, in the dev extra
+    for k, n, p in [(5, 222, 0.05), (11, 222, 0.05), (0, 59, 0.05), (140, 3000, 0.05), (7, 40, 0.2)]:
+        assert metrics.binomial_cdf(k, n, p) == pytest.approx(stats.binom.cdf(k, n, p), rel=1e-9)
+
+
+def test_umbrella_rule_allows_fewer_exceedances_than_the_quantile() -> None:
+    # 222 real images (version 4's validation): 11 by the quantile, 5 at 95 % confidence
+    assert metrics.exceedances_allowed(222, 0.05) == 11
+    assert metrics.exceedances_allowed(222, 0.05, 0.95) == 5
+    assert metrics.fpr_violation_probability(222, 5, 0.05) <= 0.05 < metrics.fpr_violation_probability(222, 6, 0.05)
+    # 59 images are the fewest for which "no real image above the threshold" gives 95 %; 58 cannot
+    assert metrics.exceedances_allowed(59, 0.05, 0.95) == 0 and metrics.fpr_violation_probability(59, 0, 0.05) <= 0.05
+    assert metrics.exceedances_allowed(58, 0.05, 0.95) == 0 and metrics.fpr_violation_probability(58, 0, 0.05) > 0.05
+
+
+def test_umbrella_threshold_keeps_the_target_on_new_images_the_quantile_does_not() -> None:
+    """Real scores uniform on [0, 1]: a threshold t has true FPR 1 - t. Over 400 validation draws of 200 real
+    images, the quantile's threshold misses 5 % about half the time; the 95 % rule about one time in twenty."""
+    rng = np.random.default_rng(0)
+    misses = {None: 0, 0.95: 0}
+    draws = 400
+    for _ in range(draws):
+        real = rng.random(200)
+        labels, scores = np.r_[np.zeros(200, int), 1], np.r_[real, 0.99]
+        for confidence in misses:
+            misses[confidence] += 1.0 - metrics.threshold_at_fpr(labels, scores, 0.05, confidence) > 0.05
+    assert 0.3 < misses[None] / draws < 0.7
+    assert misses[0.95] / draws <= 0.08  # 0.05 plus sampling slack (sd ~0.011)
+
+
 def test_pixel_f1_and_iou_by_hand() -> None:
     counts = metrics.PixelCounts()
     counts.update([[0.9, 0.2], [0.6, 0.1]], [[1, 1], [0, 0]])  # tp 1, fn 1, fp 1, tn 1
