@@ -27,7 +27,7 @@ from gamma.inference import Detector, ImageResult
 from gamma.tiling import parse_coverage
 from worker import metrics
 from worker.outcome import Outcome
-from worker.records import known_by_content, known_by_etag, record_outcomes, unprocessed_keys
+from worker.records import known_by_content, known_by_etag, lock_scan, record_outcomes, unprocessed_keys
 from worker.runtime import Runtime, TimedBackend
 from worker.storage import ObjectRef, ObjectUnreadable, Source
 
@@ -220,6 +220,10 @@ def mark_failed(
     coverage = parse_coverage(coverage or runtime.settings.coverage).value
     with runtime.sessions.begin() as session:
         keys = [ref.key for ref in refs]
+        if scan_id is not None:
+            # lock before reading which keys are pending: a chunk recording the same keys right now (a second
+            # lister's copy of this chunk) commits first, and its verdicts are then not overwritten with errors
+            lock_scan(session, scan_id)
         pending = set(unprocessed_keys(session, scan_id, keys) if scan_id is not None else keys)
         outcomes = [
             Outcome.failed(

@@ -184,6 +184,48 @@ def test_mark_failed_fills_in_only_the_keys_without_a_result(tmp_path: Path, bac
     runtime.close()
 
 
+def test_mark_failed_never_overwrites_a_verdict_being_committed(
+    tmp_path: Path, backend: TorchBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk records real verdicts for keys while a worker giving up on the same keys (a second lister's copy of
+    the chunk) marks the pending ones failed. The giver-up must read "pending" under the scan's lock, after the
+    recording commits: before, it read them outside the lock (SQLite: no transaction yet; PostgreSQL: an older
+    snapshot), waited for the lock, and overwrote the verdicts with errors."""
+    import threading
+    import time
+
+    from worker import pipeline
+
+    files = write_images(tmp_path / "images")
+    runtime = make_runtime(tmp_path, backend)
+    source = LocalSource(tmp_path / "images")
+    scan_id = open_scan(runtime.sessions, source, backend.model_name)
+    list_into_scan(runtime.sessions, scan_id, source, 100, lambda chunk: None)
+    refs = [ObjectRef(key) for key in sorted(files)]
+    recorded = threading.Event()
+    original = pipeline.record_outcomes
+
+    def record_then_hold(*args: object, **kwargs: object) -> object:
+        result = original(*args, **kwargs)
+        if threading.current_thread().name == "recorder":
+            recorded.set()
+            time.sleep(1.0)  # the transaction stays open: the giver-up runs now
+        return result
+
+    monkeypatch.setattr(pipeline, "record_outcomes", record_then_hold)
+    recorder = threading.Thread(target=run_chunk, args=(runtime, source.uri, refs, scan_id), name="recorder")
+    recorder.start()
+    assert recorded.wait(60)
+    marked = mark_failed(runtime, source.uri, refs, scan_id, "worker-lost", "gave up")
+    recorder.join()
+    assert marked == []  # all were judged by the time it could look
+    with runtime.sessions() as session:
+        summary = scan_summary(session, scan_id)
+    assert summary.status == "done" and summary.processed == len(files)
+    assert "worker-lost" not in summary.error_reasons
+    runtime.close()
+
+
 class _FlakySource(LocalSource):
     def get(self, ref: ObjectRef, max_bytes: int) -> bytes:
         if ref.key == "nested/b.png":
