@@ -26,7 +26,7 @@ from typing import Any
 import click
 from kombu.exceptions import OperationalError as KombuOperationalError
 from rich.console import Console
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import sessionmaker
 
 from gamma.tiling import DEFAULT_COVERAGE
@@ -292,9 +292,20 @@ def scan(
             if row.coverage is not None and coverage is not None and row.coverage != mode:
                 conflict = f"scan {scan_id} runs with coverage {row.coverage}: resume it without --coverage {mode}"
             else:
-                mode = row.coverage = row.coverage or mode
-                row.status, row.finished_at = "listing", None
-                note_scan(session, scan_id, f"{utcnow():%Y-%m-%d %H:%M:%S} resumed by gamma-scan --resume")
+                mode = row.coverage or mode
+                # one guarded UPDATE: the status read above is seconds old (the model loaded since), and workers
+                # may have closed the scan meanwhile; a done scan is not reopened
+                reopened = session.execute(
+                    update(Scan)
+                    .where(Scan.id == scan_id, Scan.status.in_(RESUMABLE))
+                    .values(status="listing", finished_at=None, coverage=func.coalesce(Scan.coverage, mode))
+                    .execution_options(synchronize_session=False)
+                ).rowcount
+                if reopened:
+                    note_scan(session, scan_id, f"{utcnow():%Y-%m-%d %H:%M:%S} resumed by gamma-scan --resume")
+                else:
+                    session.refresh(row)
+                    conflict = f"scan {scan_id} is {row.status}: nothing to resume"
         if conflict:
             runtime.close()
             raise click.ClickException(conflict)

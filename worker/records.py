@@ -97,18 +97,36 @@ def add_scan_items(session: Session, scan_id: int, keys: Iterable[str]) -> None:
         session.execute(statement, rows)
 
 
-def finish_listing(session: Session, scan_id: int, total: int) -> None:
-    session.execute(
+def finish_listing(session: Session, scan_id: int, total: int) -> bool:
+    """The listing is done: ``total`` keys, status ``running`` (or ``done`` at once if every key had a result).
+
+    Only a scan still ``listing`` moves on. A second lister of the same scan (a beat delivered twice, ``--resume``
+    beside a running lister) that finishes after the first, or after the workers closed the scan, changes nothing
+    (it would have turned ``done`` or ``failed`` back into ``running``). Returns whether it changed the scan."""
+    changed = session.execute(
         update(Scan)
-        .where(Scan.id == scan_id)
+        .where(Scan.id == scan_id, Scan.status == "listing")
         .values(total=total, status="running", listed_at=utcnow())
         .execution_options(synchronize_session=False)
-    )
-    close_if_complete(session, scan_id)
+    ).rowcount
+    if changed:
+        close_if_complete(session, scan_id)
+    return bool(changed)
 
 
-def fail_scan(session: Session, scan_id: int, detail: str) -> None:
-    session.execute(update(Scan).where(Scan.id == scan_id).values(status="failed", detail=detail, finished_at=utcnow()))
+def fail_scan(session: Session, scan_id: int, detail: str) -> bool:
+    """The listing failed: status ``failed`` and ``detail`` appended to the scan's notes (the workers' notes stay).
+    Only while the scan is still ``listing``: another lister that finished it dispatched every chunk, and they
+    complete it. Returns whether it changed the scan."""
+    changed = session.execute(
+        update(Scan)
+        .where(Scan.id == scan_id, Scan.status == "listing")
+        .values(status="failed", finished_at=utcnow())
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if changed:
+        note_scan(session, scan_id, detail)
+    return bool(changed)
 
 
 def end_scan(session: Session, scan_id: int, status: str, note: str) -> bool:
@@ -467,6 +485,7 @@ def link_known(session: Session, scan_id: int, known: dict[str, tuple[int, Resul
 
 
 MAX_DETAIL = 4000
+MAX_NOTE = 1000  # a longer note (a storage error's whole response) is cut, so it cannot crowd out all others
 NOTES_DROPPED = "(further notes dropped)"
 
 
@@ -476,6 +495,8 @@ def note_scan(session: Session, scan_id: int, note: str) -> None:
 
     One UPDATE computes the new detail from the stored one, so concurrent writers never overwrite each other's
     notes. (A Python read-then-write under ``SELECT ... FOR UPDATE`` did, on SQLite, which ignores FOR UPDATE.)"""
+    if len(note) > MAX_NOTE:
+        note = note[: MAX_NOTE - 1] + "…"
     current = func.coalesce(Scan.detail, "")
     room = MAX_DETAIL - len("\n" + NOTES_DROPPED)  # the marker always fits after the last kept note
     appended = case((current == "", literal(note)), else_=current + literal("\n" + note))

@@ -11,7 +11,18 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Engine, inspect, text
 
 from worker.db import LEGACY_COVERAGE, Base, Image, Result, Scan, alembic_config, make_engine, migrate, session_factory
-from worker.records import MAX_DETAIL, NOTES_DROPPED, known_by_content, known_by_etag, note_scan
+from worker.records import (
+    MAX_DETAIL,
+    MAX_NOTE,
+    NOTES_DROPPED,
+    add_scan_items,
+    create_scan,
+    fail_scan,
+    finish_listing,
+    known_by_content,
+    known_by_etag,
+    note_scan,
+)
 from worker.storage import ObjectRef
 
 
@@ -117,3 +128,27 @@ def test_notes_beyond_the_bound_are_dropped_with_one_marker(migrated_engine: Eng
     lines = detail.split("\n")
     assert len(detail) <= MAX_DETAIL and lines[-1] == NOTES_DROPPED
     assert lines[:-1] == [note] * (len(lines) - 1) and len(lines) - 1 == 3  # 3 notes of 999 fit; the marker too
+
+
+def test_only_a_listing_scan_is_finished_or_failed_by_its_lister(migrated_engine: Engine) -> None:
+    """Two listers of one scan (a beat delivered twice, --resume beside a running lister): whichever ends second
+    changes nothing, so a scan the workers closed, or one another lister finished, is never turned back."""
+    sessions = session_factory(migrated_engine)
+    with sessions.begin() as session:
+        running = create_scan(session, "file:///x", "m")
+        add_scan_items(session, running, ["a.jpg", "b.jpg"])
+        failing = create_scan(session, "file:///y", "m")
+    with sessions.begin() as session:
+        assert finish_listing(session, running, 2) is True
+        assert finish_listing(session, running, 5) is False  # the second lister's end
+        assert fail_scan(session, running, "listing failed: SlowDown") is False
+        note_scan(session, failing, "a worker's note")
+        assert fail_scan(session, failing, "listing failed: " + "x" * 5000) is True
+        assert finish_listing(session, failing, 3) is False
+    with sessions() as session:
+        first, second = session.get(Scan, running), session.get(Scan, failing)
+        assert (first.status, first.total, first.detail) == ("running", 2, None)
+        assert second.status == "failed" and second.finished_at is not None and second.total == 0
+        kept, failure = second.detail.split("\n")
+        assert kept == "a worker's note"  # appended, not replaced
+        assert failure.startswith("listing failed: xxx") and len(failure) == MAX_NOTE and failure.endswith("…")

@@ -98,3 +98,42 @@ def test_resume_refuses_what_it_cannot_resume(tmp_path: Path, tiny_checkpoint: C
     assert missing.exit_code == 1 and "no scan 9" in missing.output
     both = CliRunner().invoke(scan, [str(folder), "--resume", "1", *base])
     assert both.exit_code == 2 and "not both" in both.output
+
+
+def test_resume_does_not_reopen_a_scan_the_workers_closed_meanwhile(
+    tmp_path: Path, tiny_checkpoint: Checkpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--resume checks the status, then loads the model (seconds): a Celery scan still running at the check can be
+    closed by its workers before the reopen. The reopen is one guarded UPDATE, so a done scan stays done."""
+    from datetime import datetime
+
+    from sqlalchemy import update
+
+    from worker.runtime import Runtime
+
+    db = f"sqlite:///{tmp_path / 'scan.db'}"
+    folder = _folder(tmp_path, 2)
+    base = ["--db", db, "--model", str(tiny_checkpoint.path), "--masks", str(tmp_path / "m")]
+    assert CliRunner().invoke(scan, [str(folder), *base]).exit_code == 0
+    engine = make_engine(db)
+    closed_at = datetime(2026, 12, 2, 3, 30)
+
+    def set_status(status: str, finished_at: datetime | None) -> None:
+        with session_factory(engine).begin() as session:
+            session.execute(update(Scan).where(Scan.id == 1).values(status=status, finished_at=finished_at))
+
+    set_status("running", None)  # as if its chunks were still with Celery workers
+    original = Runtime.create
+
+    def create_while_the_workers_close_it(*args: Any, **kwargs: Any) -> Any:
+        runtime = original(*args, **kwargs)
+        set_status("done", closed_at)
+        return runtime
+
+    monkeypatch.setattr(Runtime, "create", create_while_the_workers_close_it)
+    resumed = CliRunner().invoke(scan, ["--resume", "1", *base])
+    engine.dispose()
+    assert resumed.exit_code == 1 and "scan 1 is done: nothing to resume" in resumed.output
+    row = _row(db, 1)
+    assert (row.status, row.finished_at) == ("done", closed_at)
+    assert "resumed by" not in (row.detail or "")
