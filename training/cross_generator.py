@@ -188,7 +188,7 @@ def _gamma_scores(model: GammaModel, samples: Sequence[Sample], coverage: Covera
 def run_gamma(
     split: LeaveOut, out: Path, *, preset: str = "local-effl0", minutes: float = 10.0, overrides: Sequence[str] = (),
     coverage: Coverage | str | None = None, target_fpr: float = baseline.TARGET_FPR, batch_size: int = 8,
-    progress: bool = True,
+    progress: bool = True, data: dict[str, str] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """GAMMA fine-tuned on one fold with the training recipe's Trainer (``max_minutes`` = ``minutes``), then
     scored through the serving contract (``coverage``) on held-in val (threshold), the held-out generator and the
@@ -200,6 +200,8 @@ def run_gamma(
     # the budget is set directly: a preset's integer max_minutes would make "--set max_minutes=0.5" an int() error
     coverage = parse_coverage(coverage)
     config = dataclasses.replace(_overrides(TrainConfig.named(preset), list(overrides)), max_minutes=float(minutes))
+    # the run's metrics.json names what it learned from: this fold, not the preset's manifest folder
+    config = dataclasses.replace(config, data={"leave_one_generator_out": split.generator, **(data or {})})
     out.mkdir(parents=True, exist_ok=True)
     info = distributed.setup()
     try:
@@ -274,7 +276,7 @@ def cross_generator(
             entry["learners"].append(run_gamma(
                 split, Path(out) / _folder_name(generator), preset=gamma_preset, minutes=gamma_minutes,
                 overrides=gamma_overrides, coverage=coverage, target_fpr=target_fpr,
-                batch_size=batch_size, progress=progress,
+                batch_size=batch_size, progress=progress, data={"manifest_dir": str(data)},
             ))  # fmt: skip
         report["results"].append(entry)
         report["seconds"] = round(time.time() - started, 1)
