@@ -15,7 +15,7 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-INNER = '''
+INNER = """
 import os, time
 from pathlib import Path
 import redis
@@ -24,7 +24,7 @@ def test_hold(redis_url):
     pid = redis.Redis.from_url(redis_url).info()["process_id"]
     Path(os.environ["PID_FILE"]).write_text(str(pid))
     time.sleep(300)
-'''
+"""
 
 
 def _gone(pid: int) -> bool:

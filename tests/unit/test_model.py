@@ -29,7 +29,12 @@ def test_gamma_b2_has_the_papers_parameter_count() -> None:
 def test_presets_follow_segformer_mit() -> None:
     assert PRESETS["gamma-b0"].hidden_sizes == (32, 64, 160, 256)
     assert [PRESETS[f"gamma-b{i}"].depths for i in range(6)] == [
-        (2, 2, 2, 2), (2, 2, 2, 2), (3, 4, 6, 3), (3, 4, 18, 3), (3, 8, 27, 3), (3, 6, 40, 3)
+        (2, 2, 2, 2),
+        (2, 2, 2, 2),
+        (3, 4, 6, 3),
+        (3, 4, 18, 3),
+        (3, 8, 27, 3),
+        (3, 6, 40, 3),
     ]
     assert [PRESETS[f"gamma-b{i}"].decoder_hidden_size for i in range(6)] == [256, 256, 768, 768, 768, 768]
     assert all(p.sr_ratios == (8, 4, 2, 1) and p.num_attention_heads == (1, 2, 5, 8) for p in PRESETS.values())

@@ -36,9 +36,12 @@ def test_shipped_model_separates_the_samples_above_chance(results) -> None:
     assert roc_auc(labels, scores) >= 0.75
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12's bar, not met yet: ROC-AUC 0.83 on these 13 images, 6 of them "
-                   "needs-review and a real photo called ai-generated (training/MODEL_CARD.md); a model that meets "
-                   "it turns this into a failure to remove")
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 12's bar, not met yet: ROC-AUC 0.83 on these 13 images, 6 of them "
+    "needs-review and a real photo called ai-generated (training/MODEL_CARD.md); a model that meets "
+    "it turns this into a failure to remove",
+)
 def test_shipped_model_meets_the_issue_bar_on_the_samples(results) -> None:
     labels, scores = _labels_scores(results)
     assert roc_auc(labels, scores) >= 0.85

@@ -60,9 +60,9 @@ def _to_nvlabs(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         assert m
         stage, rest = int(m[1]) + 1, m[2]
         if rest.startswith("patch_embed."):
-            out[f"patch_embed{stage}.{rest[len('patch_embed.'):]}"] = value
+            out[f"patch_embed{stage}.{rest[len('patch_embed.') :]}"] = value
         elif rest.startswith("norm."):
-            out[f"norm{stage}.{rest[len('norm.'):]}"] = value
+            out[f"norm{stage}.{rest[len('norm.') :]}"] = value
         else:
             b = re.fullmatch(r"blocks\.(\d+)\.(.+)", rest)
             assert b
@@ -106,26 +106,33 @@ def test_hf_legacy_hub_layout_loads(tmp_path: Path) -> None:
     reference = GammaModel(preset("gamma-b0")).eval()
     legacy = {}
     names = {
-        "norm1": "layer_norm_1", "norm2": "layer_norm_2", "attn.q": "attention.self.query",
-        "attn.k": "attention.self.key", "attn.v": "attention.self.value", "attn.proj": "attention.output.dense",
-        "attn.sr_norm": "attention.self.layer_norm", "attn.sr": "attention.self.sr", "ffn.fc1": "mlp.dense1",
-        "ffn.dwconv": "mlp.dwconv.dwconv", "ffn.fc2": "mlp.dense2",
+        "norm1": "layer_norm_1",
+        "norm2": "layer_norm_2",
+        "attn.q": "attention.self.query",
+        "attn.k": "attention.self.key",
+        "attn.v": "attention.self.value",
+        "attn.proj": "attention.output.dense",
+        "attn.sr_norm": "attention.self.layer_norm",
+        "attn.sr": "attention.self.sr",
+        "ffn.fc1": "mlp.dense1",
+        "ffn.dwconv": "mlp.dwconv.dwconv",
+        "ffn.fc2": "mlp.dense2",
     }
     for key, value in reference.encoder.state_dict().items():
         m = re.fullmatch(r"stages\.(\d)\.(.+)", key)
         assert m
         rest = m[2]
         if rest.startswith("patch_embed."):
-            new = f"encoder.patch_embeddings.{m[1]}." + rest[len("patch_embed."):].replace("norm.", "layer_norm.")
+            new = f"encoder.patch_embeddings.{m[1]}." + rest[len("patch_embed.") :].replace("norm.", "layer_norm.")
         elif rest.startswith("norm."):
-            new = f"encoder.layer_norm.{m[1]}.{rest[len('norm.'):]}"
+            new = f"encoder.layer_norm.{m[1]}.{rest[len('norm.') :]}"
         else:
             b = re.fullmatch(r"blocks\.(\d+)\.(.+)", rest)
             assert b
             inner = b[2]
             for ours_name, theirs in names.items():
                 if inner.startswith(ours_name + "."):
-                    inner = theirs + inner[len(ours_name):]
+                    inner = theirs + inner[len(ours_name) :]
                     break
             new = f"encoder.block.{m[1]}.{b[1]}.{inner}"
         legacy["segformer." + new] = value
