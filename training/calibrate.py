@@ -124,6 +124,19 @@ def scores_through_contract(
     return np.asarray(predictions.labels), np.asarray(predictions.scores)
 
 
+def weights_digest(directory: Path) -> str:
+    """SHA-256 of a checkpoint's weights file: what saved scores belong to (calibration rewrites only the config)."""
+    import hashlib
+
+    from gamma.weights import WEIGHTS_FILE
+
+    digest = hashlib.sha256()
+    with open(directory / WEIGHTS_FILE, "rb") as weights:
+        for block in iter(lambda: weights.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def write_calibration(directory: Path, calibration: Calibration, data: str, coverage: str | None = None) -> None:
     """Thresholds into ``config.json`` (the served model decides with them); the measurement, with the contract
     it was made under (coverage, tile aggregation), into metadata."""
@@ -172,13 +185,19 @@ def main(argv: list[str] | None = None) -> Calibration:
 
     torch.set_num_threads(args.threads)
     directory = resolve_checkpoint(args.checkpoint)
+    weights = weights_digest(directory)
     if args.scores is not None and args.scores.is_file():
         saved = json.loads(args.scores.read_text())
+        if saved.get("weights_sha256", weights) != weights:  # files from before provenance carry none
+            parser.error(f"{args.scores} holds scores of other weights than {directory}'s: delete it to rescore")
         labels, scores = np.asarray(saved["labels"]), np.asarray(saved["scores"])
     else:
         labels, scores = scores_through_contract(directory, args.data, coverage=args.coverage)
         if args.scores is not None:
-            args.scores.write_text(json.dumps({"labels": labels.tolist(), "scores": scores.tolist()}) + "\n")
+            provenance = {"weights_sha256": weights, "data": str(args.data), "coverage": args.coverage}
+            args.scores.write_text(
+                json.dumps({**provenance, "labels": labels.tolist(), "scores": scores.tolist()}) + "\n"
+            )
     result = calibrate(labels, scores, fpr_confidence=args.fpr_confidence or None)
     if not args.report_only:
         write_calibration(directory, result, str(args.data), args.coverage)

@@ -80,6 +80,25 @@ def test_cli_fpr_confidence_zero_is_the_plain_quantile(tmp_path) -> None:
         main(["--checkpoint", str(tmp_path / "m"), "--data", "x", "--fpr-confidence", "1"])
 
 
+def test_saved_scores_of_other_weights_are_refused(tmp_path) -> None:
+    from gamma.model import GammaModel
+    from gamma.weights import save_checkpoint
+    from tests.fixtures.models import MICRO_CONFIG
+    from training.calibrate import weights_digest
+
+    save_checkpoint(GammaModel(MICRO_CONFIG), tmp_path / "m", {"name": "m", "version": 1})
+    labels, scores = _scores(5)
+    saved = tmp_path / "scores.json"
+    for digest, accepted in (("0" * 64, False), (weights_digest(tmp_path / "m"), True)):
+        saved.write_text(json.dumps({"weights_sha256": digest, "labels": labels.tolist(), "scores": scores.tolist()}))
+        argv = ["--checkpoint", str(tmp_path / "m"), "--data", "x", "--scores", str(saved), "--report-only"]
+        if accepted:
+            assert main(argv) == calibrate(labels, scores)
+        else:
+            with pytest.raises(SystemExit):
+                main(argv)
+
+
 def test_needs_real_images() -> None:
     with pytest.raises(ValueError, match="real"):
         calibrate([1, 1], [0.2, 0.9])
