@@ -38,7 +38,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import numpy as np
 
 from gamma.verdict import VerdictThresholds
-from training.metrics import expected_calibration_error, fpr_violation_probability, threshold_at_fpr
+from training import metrics
 
 TARGET_FPR = 0.05
 FPR_CONFIDENCE = 0.95
@@ -59,8 +59,11 @@ class Calibration:
     review_share: float  # share of all images inside the band
     error_outside_band: float  # wrong automatic verdicts among images outside the band
     ece: float
+    target_fpr: float = TARGET_FPR
     fpr_confidence: float | None = None  # None: the empirical quantile (no promise beyond validation)
-    fpr_violation_probability: float = float("nan")  # P(true FPR > target) for i.i.d. real images like these
+    # P(true FPR > target) for i.i.d. real images like these, bounded by the rule's count of allowed exceedances
+    # (ties can leave fewer real scores above the threshold; the bound is the one chosen before looking)
+    fpr_violation_probability: float = float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -80,11 +83,12 @@ def calibrate(
 ) -> Calibration:  # fmt: skip
     """Thresholds from validation ``labels`` (0 real / 1 AI) and AI probabilities ``scores`` (module docstring);
     ``fpr_confidence`` None: the plain empirical quantile."""
+    fpr_confidence = fpr_confidence or None  # 0 means the plain quantile, as on the command line
     y = np.asarray(labels, dtype=np.int64)
     s = np.asarray(scores, dtype=np.float64)
     if y.size == 0 or not (y == 0).any():
         raise ValueError("calibration needs validation images with real (label 0) examples")
-    upper = float(np.clip(threshold_at_fpr(y, s, target_fpr, fpr_confidence), 1e-6, 1 - 1e-6))  # ai-generated up
+    upper = float(np.clip(metrics.threshold_at_fpr(y, s, target_fpr, fpr_confidence), 1e-6, 1 - 1e-6))  # ai-generated
     bands = [float(b) for b in BAND_GRID if upper - 2 * b >= 0.0] or [0.0]
     band = min(bands, key=lambda b: (_band_cost(y, s, upper - b, b, review_cost), b))
     base = base or VerdictThresholds()
@@ -104,9 +108,12 @@ def calibrate(
         ai_verdict_fpr=float((real >= centre + band).mean()),
         review_share=float(inside.mean()),
         error_outside_band=float(wrong.sum() / max(outside.sum(), 1)),
-        ece=expected_calibration_error(y, s),
+        ece=metrics.expected_calibration_error(y, s),
+        target_fpr=target_fpr,
         fpr_confidence=fpr_confidence,
-        fpr_violation_probability=fpr_violation_probability(int(real.size), int((real >= upper).sum()), target_fpr),
+        fpr_violation_probability=metrics.fpr_violation_probability(
+            int(real.size), metrics.exceedances_allowed(int(real.size), target_fpr, fpr_confidence), target_fpr
+        ),
     )
 
 
@@ -148,7 +155,7 @@ def write_calibration(directory: Path, calibration: Calibration, data: str, cove
     config.to_json(directory / CONFIG_FILE)
     metadata_path = directory / METADATA_FILE
     metadata = json.loads(metadata_path.read_text()) if metadata_path.is_file() else {}
-    metadata["calibration"] = {**calibration.to_dict(), "data": data, "target_fpr": TARGET_FPR,
+    metadata["calibration"] = {**calibration.to_dict(), "data": data,
                                "review_cost": REVIEW_COST, "rules": "training/calibrate.py", "contract": 2,
                                "coverage": parse_coverage(coverage).value, "aggregation": AGGREGATION}  # fmt: skip
     metadata_path.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
@@ -177,8 +184,8 @@ def main(argv: list[str] | None = None) -> Calibration:
         help="print the thresholds this data would give, leave the checkpoint as it is (e.g. the shipped model)",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    if not 0.0 <= args.fpr_confidence < 1.0:
-        parser.error(f"--fpr-confidence must be in [0, 1), not {args.fpr_confidence}")
+    if args.fpr_confidence != 0.0 and not 0.5 <= args.fpr_confidence < 1.0:
+        parser.error(f"--fpr-confidence must be 0 (the plain quantile) or in [0.5, 1), not {args.fpr_confidence}")
     import torch
 
     from gamma.weights import resolve_checkpoint

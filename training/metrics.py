@@ -81,17 +81,22 @@ def expected_calibration_error(labels, scores, bins: int = 10) -> float:
 
 
 def binomial_cdf(k: int, n: int, p: float) -> float:
-    """P(Binomial(n, p) <= k), summed in log space (binomial coefficients of n in the thousands overflow floats)."""
+    """P(Binomial(n, p) <= k): the pmf by its recurrence in log space, summed as it goes (O(k); the coefficients
+    of n in the thousands overflow floats, and p**n underflows)."""
     if k < 0:
         return 0.0
     if k >= n or p <= 0.0:
         return 1.0
     if p >= 1.0:
         return 0.0
-    log_p, log_q, log_n = math.log(p), math.log1p(-p), math.lgamma(n + 1)
-    terms = [log_n - math.lgamma(j + 1) - math.lgamma(n - j + 1) + j * log_p + (n - j) * log_q for j in range(k + 1)]
-    top = max(terms)
-    return min(1.0, math.exp(top) * math.fsum(math.exp(t - top) for t in terms))
+    log_ratio = math.log(p) - math.log1p(-p)
+    log_pmf = n * math.log1p(-p)  # j = 0
+    log_total = log_pmf
+    for j in range(k):  # pmf(j + 1) = pmf(j) * (n - j) / (j + 1) * p / (1 - p)
+        log_pmf += math.log(n - j) - math.log(j + 1) + log_ratio
+        high, low = max(log_total, log_pmf), min(log_total, log_pmf)
+        log_total = high + math.log1p(math.exp(low - high))
+    return min(1.0, math.exp(log_total))
 
 
 def exceedances_allowed(real_count: int, target_fpr: float, confidence: float | None = None) -> int:
@@ -102,9 +107,10 @@ def exceedances_allowed(real_count: int, target_fpr: float, confidence: float | 
 
     ``confidence`` c: the Neyman-Pearson umbrella rule (Tong, Feng & Li, 2018): the largest r such that the threshold
     above the (r+1)-th highest real score has a true false-positive rate above ``target_fpr`` with probability at
-    most 1 - c, i.e. P(Binomial(n, target_fpr) <= r) <= 1 - c, for real images drawn i.i.d. like validation's. When
-    even r = 0 does not reach that (n < log(1 - c) / log(1 - target_fpr): 59 for 5 % at 95 %), 0: the threshold
-    then sits above every validation real score and :func:`fpr_violation_probability` says how weak the promise is.
+    most 1 - c, i.e. P(Binomial(n, target_fpr) <= r) <= 1 - c, for real images drawn i.i.d. like validation's. It
+    never allows more than the quantile (a c under ~0.5 would). When even r = 0 does not reach 1 - c
+    (n < log(1 - c) / log(1 - target_fpr): 59 for 5 % at 95 %), 0: the threshold then sits above every validation
+    real score and :func:`fpr_violation_probability` says how weak the promise is.
     """
     if real_count <= 0:
         return 0
@@ -112,7 +118,7 @@ def exceedances_allowed(real_count: int, target_fpr: float, confidence: float | 
     if confidence is None:
         return plain
     allowed = 0
-    for r in range(plain + 1):  # the bound is stricter than the quantile, so r never passes floor(alpha n)
+    for r in range(1, plain + 1):  # the CDF grows with r: stop at the first r past the bound
         if binomial_cdf(r, real_count, target_fpr) > 1.0 - confidence:
             break
         allowed = r

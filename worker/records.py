@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import case, func, literal, or_, select, update
+from sqlalchemy import and_, case, func, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -100,13 +100,15 @@ def add_scan_items(session: Session, scan_id: int, keys: Iterable[str]) -> None:
 def finish_listing(session: Session, scan_id: int, total: int) -> bool:
     """The listing is done: ``total`` keys, status ``running`` (or ``done`` at once if every key had a result).
 
-    Only a scan still ``listing`` moves on. A second lister of the same scan (a beat delivered twice, ``--resume``
-    beside a running lister) that finishes after the first, or after the workers closed the scan, changes nothing
-    (it would have turned ``done`` or ``failed`` back into ``running``). Returns whether it changed the scan."""
+    Only a scan still ``listing``, or one a lister *failed* (``failed`` and never listed), moves on: this lister
+    dispatched every chunk, so the scan will complete. A second lister of the same scan (a beat delivered twice,
+    ``--resume`` beside a running lister) that finishes after the first, or after the workers closed the scan,
+    changes nothing (it would have turned ``done`` back into ``running``). Returns whether it changed the scan."""
     changed = session.execute(
         update(Scan)
-        .where(Scan.id == scan_id, Scan.status == "listing")
-        .values(total=total, status="running", listed_at=utcnow())
+        .where(Scan.id == scan_id)
+        .where(or_(Scan.status == "listing", and_(Scan.status == "failed", Scan.listed_at.is_(None))))
+        .values(total=total, status="running", listed_at=utcnow(), finished_at=None)
         .execution_options(synchronize_session=False)
     ).rowcount
     if changed:
@@ -499,14 +501,16 @@ def note_scan(session: Session, scan_id: int, note: str) -> None:
         note = note[: MAX_NOTE - 1] + "…"
     current = func.coalesce(Scan.detail, "")
     room = MAX_DETAIL - len("\n" + NOTES_DROPPED)  # the marker always fits after the last kept note
-    appended = case((current == "", literal(note)), else_=current + literal("\n" + note))
-    dropped = case(
+    new_detail = case(
+        # once a note was dropped, later ones are too (a shorter one would fit, but the story would have a hole)
         (current.endswith(NOTES_DROPPED, autoescape=True), current),
+        (func.length(current) + (len(note) + 1) <= room, case(
+            (current == "", literal(note)), else_=current + literal("\n" + note)
+        )),
         (current == "", literal(NOTES_DROPPED)),
         else_=current + literal("\n" + NOTES_DROPPED),
-    )
-    fits = func.length(current) + (len(note) + 1) <= room
+    )  # fmt: skip
     session.execute(
-        update(Scan).where(Scan.id == scan_id).values(detail=case((fits, appended), else_=dropped)),
+        update(Scan).where(Scan.id == scan_id).values(detail=new_detail),
         execution_options={"synchronize_session": "fetch"},
     )

@@ -57,7 +57,8 @@ def test_the_threshold_promises_the_target_on_new_images_not_only_on_validation(
     labels, scores = _scores(1, n=800)
     plain = calibrate(labels, scores, fpr_confidence=None)
     bounded = calibrate(labels, scores)  # 95 %, the default
-    assert bounded.fpr_confidence == 0.95 and plain.fpr_confidence is None
+    assert bounded.fpr_confidence == 0.95 and plain.fpr_confidence is None and bounded.target_fpr == 0.05
+    assert calibrate(labels, scores, fpr_confidence=0.0) == plain
     assert bounded.fpr_violation_probability <= 0.05 < plain.fpr_violation_probability
     assert bounded.fpr_at_threshold < plain.fpr_at_threshold <= 0.05  # stricter on validation to hold beyond it
     upper = bounded.thresholds.ai_probability + bounded.thresholds.review_band
@@ -76,8 +77,9 @@ def test_cli_fpr_confidence_zero_is_the_plain_quantile(tmp_path) -> None:
     result = main(["--checkpoint", str(tmp_path / "m"), "--data", str(tmp_path / "absent.jsonl"),
                    "--scores", str(saved), "--threads", "1", "--report-only", "--fpr-confidence", "0"])  # fmt: skip
     assert result == calibrate(labels, scores, fpr_confidence=None)
-    with pytest.raises(SystemExit):
-        main(["--checkpoint", str(tmp_path / "m"), "--data", "x", "--fpr-confidence", "1"])
+    for refused in ("1", "0.3"):  # below 0.5 the rule would allow more than the quantile: it never does
+        with pytest.raises(SystemExit):
+            main(["--checkpoint", str(tmp_path / "m"), "--data", "x", "--fpr-confidence", refused])
 
 
 def test_saved_scores_of_other_weights_are_refused(tmp_path) -> None:

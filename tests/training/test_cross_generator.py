@@ -129,6 +129,7 @@ def test_gamma_only_folds_write_the_report_after_every_fold(
     assert [entry["generator"] for entry in first_on_disk["results"]] == ["flux"]
     final = json.loads(out.read_text())
     assert final["complete"] is True and final == json.loads(json.dumps(report, default=float))
+    assert final["settings"]["fold_baseline"] is False
     assert [[learner["learner"] for learner in entry["learners"]] for entry in final["results"]] == [["gamma"]] * 2
     assert not out.with_name(out.name + ".partial").exists()
 

@@ -60,7 +60,8 @@ def test_binomial_cdf_by_hand_and_against_scipy() -> None:
     assert metrics.binomial_cdf(1, 3, 0.5) == pytest.approx(4 / 8)
     assert metrics.binomial_cdf(3, 3, 0.5) == 1.0 and metrics.binomial_cdf(-1, 3, 0.5) == 0.0
     stats = pytest.importorskip("scipy.stats")  # scikit-learn's dependency, in the dev extra
-    for k, n, p in [(5, 222, 0.05), (11, 222, 0.05), (0, 59, 0.05), (140, 3000, 0.05), (7, 40, 0.2)]:
+    cases = [(5, 222, 0.05), (11, 222, 0.05), (0, 59, 0.05), (140, 3000, 0.05), (7, 40, 0.2), (2400, 50000, 0.05)]
+    for k, n, p in cases:
         assert metrics.binomial_cdf(k, n, p) == pytest.approx(stats.binom.cdf(k, n, p), rel=1e-9)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Engine, inspect, text, update
 
 from worker.db import LEGACY_COVERAGE, Base, Image, Result, Scan, alembic_config, make_engine, migrate, session_factory
 from worker.records import (
@@ -122,6 +122,7 @@ def test_notes_beyond_the_bound_are_dropped_with_one_marker(migrated_engine: Eng
         with sessions.begin() as session:
             note_scan(session, scan_id, note)
     with sessions.begin() as session:
+        note_scan(session, scan_id, "short enough to fit, but after a dropped note: dropped too")
         note_scan(session, scan_id + 1, "a scan that does not exist: nothing happens")
     with sessions() as session:
         detail = session.get(Scan, scan_id).detail
@@ -132,19 +133,20 @@ def test_notes_beyond_the_bound_are_dropped_with_one_marker(migrated_engine: Eng
 
 def test_only_a_listing_scan_is_finished_or_failed_by_its_lister(migrated_engine: Engine) -> None:
     """Two listers of one scan (a beat delivered twice, --resume beside a running lister): whichever ends second
-    changes nothing, so a scan the workers closed, or one another lister finished, is never turned back."""
+    never turns a finished or closed scan back; a listing that succeeds after another failed revives the scan (it
+    dispatched every chunk, so the scan completes)."""
     sessions = session_factory(migrated_engine)
     with sessions.begin() as session:
         running = create_scan(session, "file:///x", "m")
         add_scan_items(session, running, ["a.jpg", "b.jpg"])
         failing = create_scan(session, "file:///y", "m")
+        add_scan_items(session, failing, ["c.jpg"])
     with sessions.begin() as session:
         assert finish_listing(session, running, 2) is True
         assert finish_listing(session, running, 5) is False  # the second lister's end
         assert fail_scan(session, running, "listing failed: SlowDown") is False
         note_scan(session, failing, "a worker's note")
         assert fail_scan(session, failing, "listing failed: " + "x" * 5000) is True
-        assert finish_listing(session, failing, 3) is False
     with sessions() as session:
         first, second = session.get(Scan, running), session.get(Scan, failing)
         assert (first.status, first.total, first.detail) == ("running", 2, None)
@@ -152,3 +154,13 @@ def test_only_a_listing_scan_is_finished_or_failed_by_its_lister(migrated_engine
         kept, failure = second.detail.split("\n")
         assert kept == "a worker's note"  # appended, not replaced
         assert failure.startswith("listing failed: xxx") and len(failure) == MAX_NOTE and failure.endswith("…")
+    with sessions.begin() as session:
+        assert finish_listing(session, failing, 1) is True  # the other lister got through
+        assert fail_scan(session, failing, "too late") is False
+    with sessions() as session:
+        revived = session.get(Scan, failing)
+        assert (revived.status, revived.total, revived.finished_at) == ("running", 1, None)
+        assert revived.listed_at is not None and "too late" not in revived.detail
+    with sessions.begin() as session:  # a scan that failed after its listing (dead letters) is not revived
+        session.execute(update(Scan).where(Scan.id == running).values(status="failed"))
+        assert finish_listing(session, running, 2) is False
