@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> Calibration:
             args.scores.write_text(
                 json.dumps({**provenance, "labels": labels.tolist(), "scores": scores.tolist()}) + "\n"
             )
-    result = calibrate(labels, scores, fpr_confidence=args.fpr_confidence or None)
+    result = calibrate(labels, scores, fpr_confidence=args.fpr_confidence)
     if not args.report_only:
         write_calibration(directory, result, str(args.data), args.coverage)
     print(json.dumps(result.to_dict(), indent=2))

@@ -21,6 +21,19 @@ def _scores(seed: int = 0, n: int = 400, overlap: float = 0.2) -> tuple[np.ndarr
     return labels, scores
 
 
+def _checkpoint_and_saved_scores(tmp_path, seed: int):
+    """A micro checkpoint at ``tmp_path/m`` and a ``--scores`` file of ``_scores(seed)`` beside it."""
+    from gamma.model import GammaModel
+    from gamma.weights import save_checkpoint
+    from tests.fixtures.models import MICRO_CONFIG
+
+    save_checkpoint(GammaModel(MICRO_CONFIG), tmp_path / "m", {"name": "m", "version": 1})
+    labels, scores = _scores(seed)
+    saved = tmp_path / "scores.json"
+    saved.write_text(json.dumps({"labels": labels.tolist(), "scores": scores.tolist()}))
+    return tmp_path / "m", saved, labels, scores
+
+
 def _verdicts(result: Calibration, scores: np.ndarray) -> list[Verdict]:
     return [judge(p, NO_MASK, NO_MASK, result.thresholds).verdict for p in scores]
 
@@ -66,34 +79,23 @@ def test_the_threshold_promises_the_target_on_new_images_not_only_on_validation(
 
 
 def test_cli_fpr_confidence_zero_is_the_plain_quantile(tmp_path) -> None:
-    from gamma.model import GammaModel
-    from gamma.weights import save_checkpoint
-    from tests.fixtures.models import MICRO_CONFIG
-
-    save_checkpoint(GammaModel(MICRO_CONFIG), tmp_path / "m", {"name": "m", "version": 1})
-    labels, scores = _scores(4)
-    saved = tmp_path / "scores.json"
-    saved.write_text(json.dumps({"labels": labels.tolist(), "scores": scores.tolist()}))
-    result = main(["--checkpoint", str(tmp_path / "m"), "--data", str(tmp_path / "absent.jsonl"),
+    checkpoint, saved, labels, scores = _checkpoint_and_saved_scores(tmp_path, 4)
+    result = main(["--checkpoint", str(checkpoint), "--data", str(tmp_path / "absent.jsonl"),
                    "--scores", str(saved), "--threads", "1", "--report-only", "--fpr-confidence", "0"])  # fmt: skip
     assert result == calibrate(labels, scores, fpr_confidence=None)
     for refused in ("1", "0.3"):  # below 0.5 the rule would allow more than the quantile: it never does
         with pytest.raises(SystemExit):
-            main(["--checkpoint", str(tmp_path / "m"), "--data", "x", "--fpr-confidence", refused])
+            main(["--checkpoint", str(checkpoint), "--data", "x", "--fpr-confidence", refused])
 
 
 def test_saved_scores_of_other_weights_are_refused(tmp_path) -> None:
-    from gamma.model import GammaModel
-    from gamma.weights import save_checkpoint
-    from tests.fixtures.models import MICRO_CONFIG
     from training.calibrate import weights_digest
 
-    save_checkpoint(GammaModel(MICRO_CONFIG), tmp_path / "m", {"name": "m", "version": 1})
-    labels, scores = _scores(5)
-    saved = tmp_path / "scores.json"
-    for digest, accepted in (("0" * 64, False), (weights_digest(tmp_path / "m"), True)):
+    for digest, accepted in (("0" * 64, False), (None, True)):
+        checkpoint, saved, labels, scores = _checkpoint_and_saved_scores(tmp_path, 5)
+        digest = digest or weights_digest(checkpoint)
         saved.write_text(json.dumps({"weights_sha256": digest, "labels": labels.tolist(), "scores": scores.tolist()}))
-        argv = ["--checkpoint", str(tmp_path / "m"), "--data", "x", "--scores", str(saved), "--report-only"]
+        argv = ["--checkpoint", str(checkpoint), "--data", "x", "--scores", str(saved), "--report-only"]
         if accepted:
             assert main(argv) == calibrate(labels, scores)
         else:
@@ -122,31 +124,19 @@ def test_thresholds_are_written_into_the_checkpoint_and_read_back(tmp_path) -> N
 
 
 def test_cli_reuses_saved_scores_without_inference(tmp_path) -> None:
-    from gamma.model import GammaModel
-    from gamma.weights import load_checkpoint, save_checkpoint
-    from tests.fixtures.models import MICRO_CONFIG
+    from gamma.weights import load_checkpoint
 
-    save_checkpoint(GammaModel(MICRO_CONFIG), tmp_path / "m", {"name": "m", "version": 1})
-    labels, scores = _scores(2)
-    saved = tmp_path / "scores.json"
-    saved.write_text(json.dumps({"labels": labels.tolist(), "scores": scores.tolist()}))
-    result = main(["--checkpoint", str(tmp_path / "m"), "--data", str(tmp_path / "absent.jsonl"),
+    checkpoint, saved, labels, scores = _checkpoint_and_saved_scores(tmp_path, 2)
+    result = main(["--checkpoint", str(checkpoint), "--data", str(tmp_path / "absent.jsonl"),
                    "--scores", str(saved), "--threads", "1"])  # fmt: skip
     expected = calibrate(labels, scores).thresholds
-    assert load_checkpoint(tmp_path / "m").config.thresholds == result.thresholds == expected
+    assert load_checkpoint(checkpoint).config.thresholds == result.thresholds == expected
 
 
 def test_report_only_leaves_the_checkpoint_untouched(tmp_path) -> None:
-    from gamma.model import GammaModel
-    from gamma.weights import save_checkpoint
-    from tests.fixtures.models import MICRO_CONFIG
-
-    save_checkpoint(GammaModel(MICRO_CONFIG), tmp_path / "m", {"name": "m", "version": 1})
-    before = {f.name: f.read_bytes() for f in (tmp_path / "m").iterdir()}
-    labels, scores = _scores(3)
-    saved = tmp_path / "scores.json"
-    saved.write_text(json.dumps({"labels": labels.tolist(), "scores": scores.tolist()}))
-    result = main(["--checkpoint", str(tmp_path / "m"), "--data", str(tmp_path / "absent.jsonl"),
+    checkpoint, saved, labels, scores = _checkpoint_and_saved_scores(tmp_path, 3)
+    before = {f.name: f.read_bytes() for f in checkpoint.iterdir()}
+    result = main(["--checkpoint", str(checkpoint), "--data", str(tmp_path / "absent.jsonl"),
                    "--scores", str(saved), "--threads", "1", "--report-only"])  # fmt: skip
     assert result.thresholds == calibrate(labels, scores).thresholds
-    assert {f.name: f.read_bytes() for f in (tmp_path / "m").iterdir()} == before
+    assert {f.name: f.read_bytes() for f in checkpoint.iterdir()} == before

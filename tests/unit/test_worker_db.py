@@ -78,10 +78,7 @@ def test_concurrent_notes_are_all_kept(migrated_engine: Engine) -> None:
     note in the worker fault test). The append is now one UPDATE, atomic on every database."""
     sessions = session_factory(migrated_engine)
     with sessions.begin() as session:
-        scan = Scan(source_uri="file:///x", model_name="m", model_version=1)
-        session.add(scan)
-        session.flush()
-        scan_id = scan.id
+        scan_id = create_scan(session, "file:///x", "m")
     writers, per_writer = 4, 12
     start = threading.Barrier(writers)
     failures: list[BaseException] = []
@@ -113,10 +110,7 @@ def test_concurrent_notes_are_all_kept(migrated_engine: Engine) -> None:
 def test_notes_beyond_the_bound_are_dropped_with_one_marker(migrated_engine: Engine) -> None:
     sessions = session_factory(migrated_engine)
     with sessions.begin() as session:
-        scan = Scan(source_uri="file:///x", model_name="m", model_version=1)
-        session.add(scan)
-        session.flush()
-        scan_id = scan.id
+        scan_id = create_scan(session, "file:///x", "m")
     note = "n" * 999
     for _ in range(6):
         with sessions.begin() as session:
