@@ -19,6 +19,7 @@ from training.data import datasets
 from training.data.datasets import Sample
 
 MONITORED = ("accuracy", "roc_auc", "ap", "balanced_accuracy")
+LR_SCHEDULES = ("constant", "cosine")
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,6 +33,11 @@ class TrainConfig:
     batch_size: int = 16  # effective batch: micro_batch x accumulation x world size
     micro_batch: int = 8
     lr: float = 1e-4
+    # "cosine": lr falls from ``lr`` to 0 over max_epochs' optimiser steps (a time budget may stop it earlier)
+    lr_schedule: str = "constant"
+    # decay of an exponential moving average of the weights per optimiser step (0 = none); when set, validation,
+    # early stopping and the saved model use the average (with its BatchNorm statistics), not the raw weights
+    weight_average: float = 0.0
     weight_decay: float = 0.01
     epoch_fraction: float = 0.1  # each epoch is a fresh random share of the training data
     max_epochs: int = 100
@@ -47,10 +53,15 @@ class TrainConfig:
     augment: Augment = field(default_factory=Augment)
 
     def __post_init__(self) -> None:
-        for name in ("lr", "weight_decay", "epoch_fraction", "min_delta", "max_minutes"):  # TOML 55 means 55.0
+        # TOML 55 means 55.0
+        for name in ("lr", "weight_average", "weight_decay", "epoch_fraction", "min_delta", "max_minutes"):
             object.__setattr__(self, name, float(getattr(self, name)))
         if self.monitor not in MONITORED:
             raise ValueError(f"monitor must be one of {MONITORED}, got {self.monitor!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if not 0.0 <= self.weight_average < 1.0:
+            raise ValueError(f"weight_average is an EMA decay in [0, 1), got {self.weight_average}")
 
     @classmethod
     def from_toml(cls, path: Path) -> TrainConfig:

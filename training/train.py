@@ -8,6 +8,10 @@ runs DDP (NCCL on GPUs, gloo on CPU).
 
 Outputs in ``--out``: ``last.pt`` (resumable state, every epoch), ``best/`` (best weights so far),
 ``checkpoint/`` (the final model: ``gamma.weights.save_checkpoint`` with metadata) and ``metrics.json``.
+
+Two optional deviations for short fine-tuning runs (presets set them; both off by default): a cosine learning-rate
+decay over ``max_epochs`` (``lr_schedule``), and an exponential moving average of the weights (``weight_average``,
+torch's ``AveragedModel``) that validation, early stopping and the saved model use instead of the raw weights.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from gamma.config import preset as model_preset
@@ -121,7 +126,35 @@ class Trainer:
         )
         self.val_set = GammaDataset(splits["val"], config.val_crop)
         self.epoch, self.best_accuracy, self.bad_epochs, self.elapsed = 0, -math.inf, 0, 0.0
+        self.step = 0  # optimiser steps taken (the cosine schedule's clock)
         self.history: list[dict[str, Any]] = []
+        # the weight average starts from the weights training starts from, so it is made in fit() (after
+        # --init-from) or by load_state(); None while weight_average is 0
+        self.average: AveragedModel | None = None
+
+    @property
+    def served(self) -> GammaModel:
+        """The model that is validated and saved: the weight average when there is one, else the raw weights."""
+        return self.average.module if self.average is not None else self.model  # type: ignore[return-value]
+
+    def _start_average(self) -> None:
+        if self.config.weight_average > 0 and self.average is None:
+            decay = get_ema_multi_avg_fn(self.config.weight_average)
+            self.average = AveragedModel(self.model, multi_avg_fn=decay, use_buffers=True)
+
+    def steps_per_epoch(self) -> int:
+        """Optimiser steps in one epoch on this rank (what :meth:`train_epoch` runs, unless a deadline cuts it)."""
+        size = len(self.train_set)
+        count = min(size, max(self.config.batch_size, round(self.config.epoch_fraction * size)))
+        per_rank = -(-count // self.info.world_size)  # distributed.shard pads every rank to the same count
+        return per_rank // (self.config.micro_batch * self.accumulation)
+
+    def learning_rate(self, step: int) -> float:
+        """The learning rate of optimiser step ``step`` (0-based) under ``lr_schedule``."""
+        if self.config.lr_schedule == "constant":
+            return self.config.lr
+        total = max(1, self.config.max_epochs * self.steps_per_epoch())
+        return self.config.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
 
     # --- state ---------------------------------------------------------------------------------------------
 
@@ -131,8 +164,10 @@ class Trainer:
         state = {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
             "best_accuracy": self.best_accuracy, "bad_epochs": self.bad_epochs, "elapsed": self.elapsed,
-            "history": json.dumps(self.history), "preset": self.preset_name,
+            "history": json.dumps(self.history), "preset": self.preset_name, "step": self.step,
         }  # fmt: skip
+        if self.average is not None:
+            state["average"] = self.average.state_dict()
         tmp = self.out / (STATE_FILE + ".tmp")
         torch.save(state, tmp)
         tmp.replace(self.out / STATE_FILE)
@@ -156,6 +191,11 @@ class Trainer:
         self.epoch, self.best_accuracy = int(state["epoch"]), float(state["best_accuracy"])
         self.bad_epochs, self.elapsed = int(state["bad_epochs"]), float(state["elapsed"])
         self.history = json.loads(state["history"])
+        self.step = int(state.get("step", 0))
+        if "average" in state:
+            self._start_average()
+            if self.average is not None:
+                self.average.load_state_dict(state["average"])
         return True
 
     # --- one epoch -----------------------------------------------------------------------------------------
@@ -190,8 +230,13 @@ class Trainer:
             for key, value in parts.items():
                 totals[key] += float(value)
             if sync:
+                for group in self.optimizer.param_groups:
+                    group["lr"] = self.learning_rate(self.step)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                if self.average is not None:
+                    self.average.update_parameters(self.model)
                 bar.update(1)
                 bar.set_postfix(loss=f"{totals['loss'] / micro:.3f}")
                 stop = torch.tensor([float(time.time() > deadline)], device=self.info.device)
@@ -214,19 +259,20 @@ class Trainer:
         started = time.time() - self.elapsed
         budget = self.config.max_minutes * 60 if self.config.max_minutes > 0 else math.inf
         deadline = started + budget
+        self._start_average()
         while self.epoch < self.config.max_epochs and self.bad_epochs < self.config.patience:
             if time.time() >= deadline:
                 break
             train_stats = self.train_epoch(deadline)
             distributed.broadcast_buffers(self.model, self.info)
-            val = evaluate(self.model, self.val_set, self.config, self.info)
+            val = evaluate(self.served, self.val_set, self.config, self.info)
             better = self.improved(val[self.config.monitor])
             if better and self.info.is_main:
-                save_checkpoint(self.model, self.out / "best")
+                save_checkpoint(self.served, self.out / "best")
             self.epoch += 1
             self.elapsed = time.time() - started
             record = {"epoch": self.epoch, "train": train_stats, "val": val, "improved": better,
-                      "minutes": round(self.elapsed / 60, 2)}  # fmt: skip
+                      "minutes": round(self.elapsed / 60, 2), "lr": self.learning_rate(self.step)}  # fmt: skip
             self.history.append(record)
             if self.info.is_main:
                 line = {"epoch": self.epoch, "loss": train_stats["loss"], "val_accuracy": val["accuracy"],
@@ -246,11 +292,11 @@ class Trainer:
         if best.is_file():
             from safetensors.torch import load_file
 
-            self.model.load_state_dict(load_file(str(best), device=str(self.info.device)))
-        metrics: dict[str, Any] = {"val": evaluate(self.model, self.val_set, self.config, self.info)}
+            self.served.load_state_dict(load_file(str(best), device=str(self.info.device)))
+        metrics: dict[str, Any] = {"val": evaluate(self.served, self.val_set, self.config, self.info)}
         if self.splits.get("test"):
             test_set = GammaDataset(self.splits["test"], self.config.val_crop)
-            metrics["test"] = evaluate(self.model, test_set, self.config, self.info)
+            metrics["test"] = evaluate(self.served, test_set, self.config, self.info)
         summary = {
             "name": self.config.name,
             "version": 1,
@@ -266,7 +312,7 @@ class Trainer:
             "world_size": self.info.world_size,
         }
         if self.info.is_main:
-            save_checkpoint(self.model, self.out / "checkpoint", summary)
+            save_checkpoint(self.served, self.out / "checkpoint", summary)
             (self.out / "metrics.json").write_text(json.dumps({**summary, "history": self.history}, indent=2) + "\n")
         return summary
 

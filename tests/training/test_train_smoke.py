@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -73,3 +75,56 @@ def test_init_from_starts_at_a_checkpoints_weights_and_refuses_another_model(
     save_checkpoint(GammaModel(preset("gamma-effl0")), tmp_path / "other", {"name": "other", "version": 1})
     with pytest.raises(ValueError, match="gamma-effl0"):
         trainer.init_from(str(tmp_path / "other"))
+
+
+def test_cosine_schedule_falls_to_zero_over_max_epochs(pattern_data: Path, tmp_path: Path) -> None:
+    import dataclasses
+
+    from training.config import TrainConfig, load_splits
+
+    config = dataclasses.replace(TrainConfig.named("local-b0"), lr=1e-3, lr_schedule="cosine", max_epochs=4,
+                                 micro_batch=8, batch_size=16, epoch_fraction=0.5)  # fmt: skip
+    splits = load_splits(config, pattern_data)
+    trainer = train.Trainer(config, splits, tmp_path / "run", train.distributed.setup(), "local-b0", progress=False)
+    steps = trainer.steps_per_epoch()
+    assert steps == len(trainer.epoch_indices()) // 16 and steps > 0
+    total = 4 * steps
+    assert trainer.learning_rate(0) == pytest.approx(1e-3)
+    assert trainer.learning_rate(total // 2) == pytest.approx(0.5e-3, rel=0.05)
+    assert trainer.learning_rate(total) == pytest.approx(0.0, abs=1e-12)
+    assert trainer.learning_rate(10 * total) == pytest.approx(0.0, abs=1e-12)  # never rises again
+    rates = [trainer.learning_rate(s) for s in range(total + 1)]
+    assert all(a >= b for a, b in itertools.pairwise(rates))
+    constant = train.Trainer(dataclasses.replace(config, lr_schedule="constant"), splits, tmp_path / "c",
+                             train.distributed.setup(), "local-b0", progress=False)  # fmt: skip
+    assert constant.learning_rate(total) == 1e-3
+    with pytest.raises(ValueError, match="lr_schedule"):
+        dataclasses.replace(config, lr_schedule="step")
+
+
+def test_weight_average_is_what_is_validated_saved_and_resumed(pattern_data: Path, tmp_path: Path) -> None:
+    """With weight_average the saved model is the moving average, not the last raw weights: it lies between the
+    start and the raw weights, the run's optimiser sets the scheduled rate, and a resumed run continues the
+    average instead of restarting it from the raw weights."""
+    from safetensors.torch import load_file
+
+    run = tmp_path / "run"
+    args = ["--preset", "local-b0", "--data", str(pattern_data), "--out", str(run), *FAST,
+            "--set", "weight_average=0.9", "--set", "lr_schedule=cosine"]  # fmt: skip
+    train.main([*args, "--set", "max_epochs=1"])
+    state = torch.load(run / train.STATE_FILE, weights_only=True)
+    assert state["step"] > 0 and "average" in state
+    raw, averaged = state["model"], state["average"]
+    saved = load_file(str(run / "checkpoint" / "model.safetensors"))
+    weights = [k for k in saved if k.endswith("weight") and saved[k].dtype == torch.float32]
+    assert all(torch.equal(saved[k], averaged[f"module.{k}"]) for k in weights)
+    assert sum(not torch.equal(saved[k], raw[k]) for k in weights) > len(weights) // 2  # the average lags the raw
+    counted = int(averaged["n_averaged"])
+    assert counted == state["step"]
+    train.main([*args, "--set", "max_epochs=2", "--resume"])
+    resumed = torch.load(run / train.STATE_FILE, weights_only=True)
+    assert int(resumed["average"]["n_averaged"]) == resumed["step"] > counted  # continued, not restarted
+    # the optimiser ran the schedule: its last step (of `step`, all in one epoch of max_epochs=1) used the cosine rate
+    last = state["step"] - 1
+    used = state["optimizer"]["param_groups"][0]["lr"]
+    assert used == pytest.approx(3e-4 * 0.5 * (1 + math.cos(math.pi * last / state["step"]))) and used < 3e-4
