@@ -152,6 +152,10 @@ def record_outcomes(
 
     With a scan, its row is locked first and the chunk's items' previous results read before anything is
     written (a result upserted here may change its verdict), so the counters move by exactly what changed.
+
+    Results are shared by content (every scan and key with the same bytes points at one row per model version and
+    coverage), so an error never replaces a stored verdict: a chunk whose inference failed (a backend that was
+    down, a time limit) while another chunk judged the same bytes keeps that verdict, for its own keys too.
     """
     if not outcomes:
         return {}
@@ -177,6 +181,7 @@ def record_outcomes(
 
     # Result ids by the rows' natural key within this model version: (sha256, coverage).
     fresh = [o for o in outcomes if o.result_id is None]
+    kept_verdicts: set[tuple[str, str]] = set()  # (sha256, coverage) whose stored verdict an error did not replace
     result_ids = {(o.sha256, o.coverage): o.result_id for o in outcomes if o.result_id is not None}
     result_rows = _unique(
         (
@@ -216,9 +221,29 @@ def record_outcomes(
             if column not in ("sha256", "model_name", "model_version", "coverage", "created_at")
         }
         statement = statement.on_conflict_do_update(
-            index_elements=["sha256", "model_name", "model_version", "coverage"], set_=updated
+            index_elements=["sha256", "model_name", "model_version", "coverage"],
+            set_=updated,
+            where=or_(Result.verdict == ERROR, statement.excluded.verdict != ERROR),
         ).returning(Result.id, Result.sha256, Result.coverage)
         result_ids.update({(sha, coverage): id_ for id_, sha, coverage in session.execute(statement)})
+        kept = [
+            (row["sha256"], row["coverage"])
+            for row in result_rows
+            if (row["sha256"], row["coverage"]) not in result_ids
+        ]
+        if kept:  # the rows the WHERE left alone: a stored verdict that an error did not replace
+            stored = session.execute(
+                select(Result.id, Result.sha256, Result.coverage).where(
+                    Result.sha256.in_(sorted({sha for sha, _ in kept})),
+                    Result.model_name == model_name,
+                    Result.model_version == model_version,
+                )
+            )
+            wanted = set(kept)
+            for id_, sha, coverage in stored:
+                if (sha, coverage) in wanted:
+                    result_ids[(sha, coverage)] = id_
+                    kept_verdicts.add((sha, coverage))
 
     if scan_id is not None:
         item_rows = _unique(
@@ -234,7 +259,8 @@ def record_outcomes(
             ),
             ("key",),
         )
-        set_items(session, scan_id, item_rows, {key: o.is_error for key, o in by_key.items()}, before)
+        is_error = {key: o.is_error and (o.sha256, o.coverage) not in kept_verdicts for key, o in by_key.items()}
+        set_items(session, scan_id, item_rows, is_error, before)
         if model_version > 0:  # 0: a failure recorded before the backend was reached; the model is unknown
             session.execute(
                 update(Scan)

@@ -83,14 +83,51 @@ def test_counters_follow_each_change_and_a_redelivery_adds_nothing(engine: Engin
     assert _state(sessions, scan_id) == ("running", 5, 2)
     _record(sessions, scan_id, chunk)  # redelivered: the same rows, nothing counted twice
     assert _state(sessions, scan_id) == ("running", 5, 2)
-    _record(sessions, scan_id, {"k2": "real", "k1": "error"})  # a retry that judged differently: still 2 errors
-    assert _state(sessions, scan_id) == ("running", 5, 2)
-    _record(sessions, scan_id, {"k1": "manipulated"})  # error -> verdict
+    # a retry that judged differently: k2 error -> verdict; k1's verdict is kept (an error never replaces one)
+    _record(sessions, scan_id, {"k2": "real", "k1": "error"})
+    assert _state(sessions, scan_id) == ("running", 5, 1)
+    _record(sessions, scan_id, {"k1": "manipulated"})  # verdict -> verdict
     assert _state(sessions, scan_id) == ("running", 5, 1)
     _record(sessions, scan_id, {"k3": "error"})  # the last key closes the scan
     assert _state(sessions, scan_id) == ("done", 6, 2)
     assert _recounted(sessions, scan_id) == ("done", 6, 2)
     assert _state(sessions, earlier) == _recounted(sessions, earlier) == ("done", 2, 1)
+
+
+def test_a_failed_inference_never_replaces_a_verdict_of_the_same_bytes(engine: Engine) -> None:
+    """Results are shared by content: scan A judged X; scan B read the same bytes under another key, but its
+    backend was down. B's error must not overwrite A's verdict (A would lose it, and A's counters would no longer
+    match its items); B's key takes the stored verdict, and a later error-over-error still refreshes the reason."""
+    sessions = session_factory(engine)
+    sha = hashlib.sha256(b"same bytes").hexdigest()
+    good = Outcome(key="a/x.jpg", sha256=sha, verdict="ai-generated", size=10, probability=0.97)
+    down = Outcome(key="b/x-copy.jpg", sha256=sha, verdict="error", error_reason="backend-error",
+                   error_detail="triton unreachable", size=10)  # fmt: skip
+    scans = []
+    for key in ("a/x.jpg", "b/x-copy.jpg"):
+        with sessions.begin() as session:
+            scans.append(create_scan(session, "s3://b/p", "gamma-test"))
+            add_scan_items(session, scans[-1], [key])
+            finish_listing(session, scans[-1], 1)
+    with sessions.begin() as session:
+        record_outcomes(session, scans[0], "b", "gamma-test", 1, [good])
+    with sessions.begin() as session:
+        ids = record_outcomes(session, scans[1], "b", "gamma-test", 1, [down])
+    with sessions() as session:
+        stored = session.scalars(select(Result).where(Result.sha256 == sha)).one()
+        assert (stored.verdict, stored.probability, stored.error_reason) == ("ai-generated", 0.97, None)
+        assert ids == {"b/x-copy.jpg": stored.id}
+    assert _state(sessions, scans[0]) == _recounted(sessions, scans[0]) == ("done", 1, 0)
+    assert _state(sessions, scans[1]) == _recounted(sessions, scans[1]) == ("done", 1, 0)
+    # without a verdict to keep, errors still update each other (the latest reason is the one shown)
+    other = hashlib.sha256(b"other bytes").hexdigest()
+    for reason in ("backend-error", "time-limit"):
+        with sessions.begin() as session:
+            record_outcomes(session, None, "b", "gamma-test", 1, [
+                Outcome(key="c/y.jpg", sha256=other, verdict="error", error_reason=reason, error_detail=reason, size=5)
+            ])  # fmt: skip
+    with sessions() as session:
+        assert session.scalars(select(Result.error_reason).where(Result.sha256 == other)).one() == "time-limit"
 
 
 def test_recording_a_chunk_costs_the_same_in_a_small_and_a_large_scan(engine: Engine) -> None:
