@@ -33,7 +33,8 @@ class TrainConfig:
     batch_size: int = 16  # effective batch: micro_batch x accumulation x world size
     micro_batch: int = 8
     lr: float = 1e-4
-    # "cosine": lr falls from ``lr`` to 0 over max_epochs' optimiser steps (a time budget may stop it earlier)
+    # "cosine": lr falls from ``lr`` to 0 over max_epochs' optimiser steps (a time budget may stop it earlier;
+    # --resume with a larger max_epochs stretches the curve, so the rate rises again)
     lr_schedule: str = "constant"
     # decay of an exponential moving average of the weights per optimiser step (0 = none); when set, validation,
     # early stopping and the saved model use the average (with its BatchNorm statistics), not the raw weights

@@ -192,10 +192,14 @@ class Trainer:
         self.bad_epochs, self.elapsed = int(state["bad_epochs"]), float(state["elapsed"])
         self.history = json.loads(state["history"])
         self.step = int(state.get("step", 0))
+        if ("average" in state) != (self.config.weight_average > 0):
+            # best/ and best_accuracy were measured on one kind of weights: the other cannot continue their race
+            had = "a weight average" if "average" in state else "no weight average"
+            raise ValueError(f"{path} was trained with {had}: resume it with the same weight_average")
         if "average" in state:
             self._start_average()
-            if self.average is not None:
-                self.average.load_state_dict(state["average"])
+            assert self.average is not None
+            self.average.load_state_dict(state["average"])
         return True
 
     # --- one epoch -----------------------------------------------------------------------------------------
@@ -265,14 +269,17 @@ class Trainer:
                 break
             train_stats = self.train_epoch(deadline)
             distributed.broadcast_buffers(self.model, self.info)
+            if self.average is not None:  # each rank averaged its own BatchNorm statistics: validate one model
+                distributed.broadcast_buffers(self.served, self.info)
             val = evaluate(self.served, self.val_set, self.config, self.info)
             better = self.improved(val[self.config.monitor])
             if better and self.info.is_main:
                 save_checkpoint(self.served, self.out / "best")
             self.epoch += 1
             self.elapsed = time.time() - started
+            last_lr = self.learning_rate(max(self.step - 1, 0))  # the rate of the epoch's last step
             record = {"epoch": self.epoch, "train": train_stats, "val": val, "improved": better,
-                      "minutes": round(self.elapsed / 60, 2), "lr": self.learning_rate(self.step)}  # fmt: skip
+                      "minutes": round(self.elapsed / 60, 2), "lr": last_lr}  # fmt: skip
             self.history.append(record)
             if self.info.is_main:
                 line = {"epoch": self.epoch, "loss": train_stats["loss"], "val_accuracy": val["accuracy"],

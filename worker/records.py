@@ -155,7 +155,8 @@ def record_outcomes(
 
     Results are shared by content (every scan and key with the same bytes points at one row per model version and
     coverage), so an error never replaces a stored verdict: a chunk whose inference failed (a backend that was
-    down, a time limit) while another chunk judged the same bytes keeps that verdict, for its own keys too.
+    down, a time limit) while another chunk judged the same bytes keeps that verdict, for its own keys too, and
+    such an error outcome is rewritten in place into the verdict its key now points at.
     """
     if not outcomes:
         return {}
@@ -181,7 +182,6 @@ def record_outcomes(
 
     # Result ids by the rows' natural key within this model version: (sha256, coverage).
     fresh = [o for o in outcomes if o.result_id is None]
-    kept_verdicts: set[tuple[str, str]] = set()  # (sha256, coverage) whose stored verdict an error did not replace
     result_ids = {(o.sha256, o.coverage): o.result_id for o in outcomes if o.result_id is not None}
     result_rows = _unique(
         (
@@ -209,7 +209,8 @@ def record_outcomes(
                 "created_at": now,
                 "updated_at": now,
             }
-            for o in fresh
+            # errors first: of two keys with the same bytes in one chunk, the last row (a verdict) is the one kept
+            for o in sorted(fresh, key=lambda o: not o.is_error)
         ),
         ("sha256", "coverage"),
     )
@@ -240,10 +241,8 @@ def record_outcomes(
                 )
             )
             wanted = set(kept)
-            for id_, sha, coverage in stored:
-                if (sha, coverage) in wanted:
-                    result_ids[(sha, coverage)] = id_
-                    kept_verdicts.add((sha, coverage))
+            result_ids.update({(sha, coverage): id_ for id_, sha, coverage in stored if (sha, coverage) in wanted})
+        _take_kept_verdicts(session, [o for o in fresh if o.is_error], result_ids)
 
     if scan_id is not None:
         item_rows = _unique(
@@ -259,8 +258,7 @@ def record_outcomes(
             ),
             ("key",),
         )
-        is_error = {key: o.is_error and (o.sha256, o.coverage) not in kept_verdicts for key, o in by_key.items()}
-        set_items(session, scan_id, item_rows, is_error, before)
+        set_items(session, scan_id, item_rows, {key: o.is_error for key, o in by_key.items()}, before)
         if model_version > 0:  # 0: a failure recorded before the backend was reached; the model is unknown
             session.execute(
                 update(Scan)
@@ -270,6 +268,27 @@ def record_outcomes(
             )
         close_if_complete(session, scan_id)
     return {key: result_ids[(o.sha256, o.coverage)] for key, o in by_key.items()}
+
+
+def _take_kept_verdicts(session: Session, errors: Sequence[Outcome], result_ids: dict[tuple[str, str], int]) -> None:
+    """Rewrite, in place, each error outcome whose bytes' result row holds a verdict (kept from an earlier chunk,
+    or written by another key of this chunk) into that verdict: what its key now points at, so the counters, the
+    caller's metrics and the printed lines agree with the database. One SELECT, only for a chunk with errors."""
+    ids = {result_ids[(o.sha256, o.coverage)] for o in errors}
+    if not ids:
+        return
+    verdicts = {
+        row.id: row
+        for row in session.scalars(
+            select(Result)
+            .where(Result.id.in_(sorted(ids)), Result.verdict != ERROR)
+            .execution_options(populate_existing=True)
+        )
+    }
+    for outcome in errors:
+        stored = verdicts.get(result_ids[(outcome.sha256, outcome.coverage)])
+        if stored is not None:
+            vars(outcome).update(vars(Outcome.reused(outcome.key, outcome.etag, outcome.size, stored)))
 
 
 def unprocessed_keys(session: Session, scan_id: int, keys: Sequence[str]) -> list[str]:

@@ -117,8 +117,22 @@ def test_a_failed_inference_never_replaces_a_verdict_of_the_same_bytes(engine: E
         stored = session.scalars(select(Result).where(Result.sha256 == sha)).one()
         assert (stored.verdict, stored.probability, stored.error_reason) == ("ai-generated", 0.97, None)
         assert ids == {"b/x-copy.jpg": stored.id}
+    assert (down.verdict, down.probability, down.result_id) == ("ai-generated", 0.97, stored.id)  # what B reports
     assert _state(sessions, scans[0]) == _recounted(sessions, scans[0]) == ("done", 1, 0)
     assert _state(sessions, scans[1]) == _recounted(sessions, scans[1]) == ("done", 1, 0)
+    # two keys with the same new bytes in one chunk, one judged and one failed (in either order): the verdict wins
+    for order, twin in enumerate((b"twin 0", b"twin 1")):
+        twin_sha = hashlib.sha256(twin).hexdigest()
+        pair = [Outcome(key=f"t{order}/judged.jpg", sha256=twin_sha, verdict="real", size=3, probability=0.1),
+                Outcome(key=f"t{order}/failed.jpg", sha256=twin_sha, verdict="error", error_reason="time-limit",
+                        error_detail="soft limit", size=3)]  # fmt: skip
+        with sessions.begin() as session:
+            scan_id = create_scan(session, "s3://b/t", "gamma-test")
+            add_scan_items(session, scan_id, [o.key for o in pair])
+            finish_listing(session, scan_id, 2)
+            record_outcomes(session, scan_id, "b", "gamma-test", 1, pair if order == 0 else pair[::-1])
+        assert [o.verdict for o in pair] == ["real", "real"]
+        assert _state(sessions, scan_id) == _recounted(sessions, scan_id) == ("done", 2, 0)
     # without a verdict to keep, errors still update each other (the latest reason is the one shown)
     other = hashlib.sha256(b"other bytes").hexdigest()
     for reason in ("backend-error", "time-limit"):

@@ -121,6 +121,8 @@ def test_weight_average_is_what_is_validated_saved_and_resumed(pattern_data: Pat
     assert sum(not torch.equal(saved[k], raw[k]) for k in weights) > len(weights) // 2  # the average lags the raw
     counted = int(averaged["n_averaged"])
     assert counted == state["step"]
+    with pytest.raises(ValueError, match="same weight_average"):  # best/ was raced on averaged weights
+        train.main([*args, "--set", "max_epochs=2", "--set", "weight_average=0", "--resume"])
     train.main([*args, "--set", "max_epochs=2", "--resume"])
     resumed = torch.load(run / train.STATE_FILE, weights_only=True)
     assert int(resumed["average"]["n_averaged"]) == resumed["step"] > counted  # continued, not restarted
