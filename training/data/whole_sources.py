@@ -41,11 +41,14 @@ def recipe_sources(recipe: Path, split: str) -> list[str]:
     return sorted({json.loads(line)["source"] for line in lines if line.strip()})
 
 
+def _recipe_settings(recipe: Path) -> dict[str, Any]:
+    path = Path(recipe) / "recipe.json"
+    return json.loads(path.read_text()).get("settings", {}) if path.is_file() else {}
+
+
 def uses_archived_photos(recipe: Path) -> bool:
     """Whether the recipe was built with the photos fetched from package archives (recipe v4), per its recipe.json."""
-    path = Path(recipe) / "recipe.json"
-    settings = json.loads(path.read_text()).get("settings", {}) if path.is_file() else {}
-    return bool(settings.get("archived_photos", False))
+    return bool(_recipe_settings(recipe).get("archived_photos", False))
 
 
 def source_row(source: SourceImage) -> dict[str, Any]:
@@ -73,6 +76,8 @@ def build(
     """Writes ``<out>/<split>.jsonl`` for each split; returns per split the images per class and tiles' worth of
     pixels. ``sources`` defaults to every source found on this machine (:func:`all_sources`)."""
     out = Path(out) if out is not None else Path(f"{recipe}-whole")
+    if sources is None and _recipe_settings(recipe).get("video_frames", False):
+        raise ValueError(f"{recipe} has video frames (recipe v5): a frame is not a whole file; use recipe v3 or v4")
     if sources is None:
         sources = all_sources(archived=uses_archived_photos(recipe))
     by_id = {s.source_id: s for s in sources}
