@@ -39,6 +39,10 @@ AI images (class 1), rule: the still thumbnails of the ComfyUI workflow-template
    side-by-side comparisons, letterboxed images, input images, animated (video, 3D) thumbnails, SVG/vector
    outputs and audio cards stay out; so do the thumbnails in :data:`NOT_GENERATED`.
 Every kept image is a still (one frame); :func:`generator_of` names its generator family from the template name.
+3. Recipe v5 only (``RecipeSettings.video_frames``): the middle frame of each generated video thumbnail of the
+   (not reserved) wheel ``comfyui-workflow-templates-media-video``, fetched pinned like rule 4 above
+   (:func:`video_frames`, :data:`MEDIA_VIDEO`): text-, image- and first/last-frame-to-video, camera/pose control,
+   talking heads (Wan, LTX, HunyuanVideo, Kling, Luma, Vidu, Seedance, Grok...). Edits of an input video stay out.
 """
 
 from __future__ import annotations
