@@ -22,6 +22,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,14 @@ class Trainer:
             raise ValueError(f"{name_or_path} is a {have} model; this preset trains {want}")
         self.model.load_state_dict(checkpoint.model.state_dict())
         self.initialised_from = f"{checkpoint.name} v{checkpoint.version} ({name_or_path})"
+        if checkpoint.metadata.get("train_config", {}).get("seed") == self.config.seed:
+            # epoch subsets and augmentations are drawn from (seed, epoch): this run would open by replaying, in
+            # order, what the checkpoint's own run trained on (seen here: a first half-epoch at half the usual loss)
+            warnings.warn(
+                f"{name_or_path} was trained with seed {self.config.seed} too: this run replays its epochs' "
+                "data in order; pass --set seed=N for fresh draws",
+                stacklevel=2,
+            )
 
     def load_state(self) -> bool:
         path = self.out / STATE_FILE

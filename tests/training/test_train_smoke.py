@@ -56,6 +56,8 @@ def test_init_from_starts_at_a_checkpoints_weights_and_refuses_another_model(
 ) -> None:
     """--init-from fine-tunes: the run starts at the given checkpoint's weights (not the preset's initialisation),
     records where it started, and refuses a checkpoint of another model preset."""
+    import dataclasses
+
     from gamma.config import preset
     from gamma.model import GammaModel
     from gamma.weights import save_checkpoint
@@ -63,7 +65,7 @@ def test_init_from_starts_at_a_checkpoints_weights_and_refuses_another_model(
 
     torch.manual_seed(123)
     source = GammaModel(preset("gamma-b0"))
-    save_checkpoint(source, tmp_path / "start", {"name": "start", "version": 3})
+    save_checkpoint(source, tmp_path / "start", {"name": "start", "version": 3, "train_config": {"seed": 7}})
     config = TrainConfig.named("local-b0")
     splits = load_splits(config, pattern_data)
     info = train.distributed.setup()
@@ -72,6 +74,11 @@ def test_init_from_starts_at_a_checkpoints_weights_and_refuses_another_model(
     for name, value in source.state_dict().items():
         assert torch.equal(trainer.model.state_dict()[name], value), name
     assert trainer.initialised_from is not None and "v3" in trainer.initialised_from
+    same_seed = train.Trainer(
+        dataclasses.replace(config, seed=7), splits, tmp_path / "r7", info, "local-b0", progress=False
+    )
+    with pytest.warns(UserWarning, match="replays"):  # its epochs would open with the start's own draws
+        same_seed.init_from(str(tmp_path / "start"))
     save_checkpoint(GammaModel(preset("gamma-effl0")), tmp_path / "other", {"name": "other", "version": 1})
     with pytest.raises(ValueError, match="gamma-effl0"):
         trainer.init_from(str(tmp_path / "other"))
