@@ -143,11 +143,14 @@ class Trainer:
             decay = get_ema_multi_avg_fn(self.config.weight_average)
             self.average = AveragedModel(self.model, multi_avg_fn=decay, use_buffers=True)
 
+    def epoch_size(self) -> int:
+        """Training images drawn per epoch (all ranks together)."""
+        size = len(self.train_set)
+        return min(size, max(self.config.batch_size, round(self.config.epoch_fraction * size)))
+
     def steps_per_epoch(self) -> int:
         """Optimiser steps in one epoch on this rank (what :meth:`train_epoch` runs, unless a deadline cuts it)."""
-        size = len(self.train_set)
-        count = min(size, max(self.config.batch_size, round(self.config.epoch_fraction * size)))
-        per_rank = -(-count // self.info.world_size)  # distributed.shard pads every rank to the same count
+        per_rank = -(-self.epoch_size() // self.info.world_size)  # distributed.shard pads every rank to one count
         return per_rank // (self.config.micro_batch * self.accumulation)
 
     def learning_rate(self, step: int) -> float:
@@ -215,9 +218,9 @@ class Trainer:
 
     def epoch_indices(self) -> list[int]:
         """A fresh random share of the training set (the same on every rank), then this rank's part of it."""
-        size = len(self.train_set)
-        count = min(size, max(self.config.batch_size, round(self.config.epoch_fraction * size)))
-        chosen = np.random.default_rng([self.config.seed, self.epoch]).choice(size, count, replace=False)
+        chosen = np.random.default_rng([self.config.seed, self.epoch]).choice(
+            len(self.train_set), self.epoch_size(), replace=False
+        )
         return distributed.shard([int(i) for i in chosen], self.info)
 
     def train_epoch(self, deadline: float) -> dict[str, float]:

@@ -227,22 +227,7 @@ def record_outcomes(
             where=or_(Result.verdict == ERROR, statement.excluded.verdict != ERROR),
         ).returning(Result.id, Result.sha256, Result.coverage)
         result_ids.update({(sha, coverage): id_ for id_, sha, coverage in session.execute(statement)})
-        kept = [
-            (row["sha256"], row["coverage"])
-            for row in result_rows
-            if (row["sha256"], row["coverage"]) not in result_ids
-        ]
-        if kept:  # the rows the WHERE left alone: a stored verdict that an error did not replace
-            stored = session.execute(
-                select(Result.id, Result.sha256, Result.coverage).where(
-                    Result.sha256.in_(sorted({sha for sha, _ in kept})),
-                    Result.model_name == model_name,
-                    Result.model_version == model_version,
-                )
-            )
-            wanted = set(kept)
-            result_ids.update({(sha, coverage): id_ for id_, sha, coverage in stored if (sha, coverage) in wanted})
-        _take_kept_verdicts(session, [o for o in fresh if o.is_error], result_ids)
+        _take_kept_verdicts(session, [o for o in fresh if o.is_error], model_name, model_version, result_ids)
 
     if scan_id is not None:
         item_rows = _unique(
@@ -270,24 +255,36 @@ def record_outcomes(
     return {key: result_ids[(o.sha256, o.coverage)] for key, o in by_key.items()}
 
 
-def _take_kept_verdicts(session: Session, errors: Sequence[Outcome], result_ids: dict[tuple[str, str], int]) -> None:
-    """Rewrite, in place, each error outcome whose bytes' result row holds a verdict (kept from an earlier chunk,
-    or written by another key of this chunk) into that verdict: what its key now points at, so the counters, the
-    caller's metrics and the printed lines agree with the database. One SELECT, only for a chunk with errors."""
-    ids = {result_ids[(o.sha256, o.coverage)] for o in errors}
-    if not ids:
+def _take_kept_verdicts(
+    session: Session,
+    errors: Sequence[Outcome],
+    model_name: str,
+    model_version: int,
+    result_ids: dict[tuple[str, str], int],
+) -> None:
+    """After the results upsert: each error outcome whose bytes' row holds a verdict — kept by the upsert's WHERE
+    (so not returned, its id added to ``result_ids`` here), or written by another key of this chunk — is rewritten in
+    place into that verdict, what its key now points at, so the counters, the caller's metrics and the printed
+    lines agree with the database. One SELECT, only for a chunk with errors."""
+    if not errors:
         return
     verdicts = {
-        row.id: row
+        (row.sha256, row.coverage): row
         for row in session.scalars(
             select(Result)
-            .where(Result.id.in_(sorted(ids)), Result.verdict != ERROR)
+            .where(
+                Result.sha256.in_(sorted({o.sha256 for o in errors})),
+                Result.model_name == model_name,
+                Result.model_version == model_version,
+                Result.verdict != ERROR,
+            )
             .execution_options(populate_existing=True)
         )
     }
     for outcome in errors:
-        stored = verdicts.get(result_ids[(outcome.sha256, outcome.coverage)])
+        stored = verdicts.get((outcome.sha256, outcome.coverage))
         if stored is not None:
+            result_ids[(stored.sha256, stored.coverage)] = stored.id
             vars(outcome).update(vars(Outcome.reused(outcome.key, outcome.etag, outcome.size, stored)))
 
 
