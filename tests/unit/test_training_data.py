@@ -39,7 +39,8 @@ def test_label_table_is_table_one() -> None:
     assert label_of("inpaint").cls == 1 and label_of("inpaint").ai_spec == "all"
     assert label_of("inpaint").manipulation_spec == "region"
     assert label_of("inpaint_blended").ai_spec == "region"
-    for kind in ("copy_move", "splicing"):  # TampCOCO: real for the classifier, manipulated pixels in the mask
+    # TampCOCO (and the feathered paste of a real patch): real for the classifier, manipulated pixels in the mask
+    for kind in ("copy_move", "splicing", "feathered_splicing"):
         assert (
             label_of(kind).cls == 0
             and label_of(kind).ai_spec == "none"
@@ -174,6 +175,26 @@ def test_random_masks_and_copy_move_only_move_real_pixels() -> None:
     donor = rng.integers(0, 255, (80, 100, 3), dtype=np.uint8)
     spliced, region = builders.splice(image, donor, rng)
     assert np.array_equal(spliced[~region], image[~region])
+
+
+def test_a_feathered_splice_is_pasted_exactly_like_a_dcgan_face_but_with_real_pixels() -> None:
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    donor = np.full((90, 100, 3), 7, np.uint8)  # one colour: every pasted pixel is recognisable
+    face = np.full((64, 64, 3), 7, np.uint8)
+    spliced, region = builders.feathered_splice(image, donor, np.random.default_rng(4))
+    _, face_region = builders.paste_face(image, face, np.random.default_rng(5))
+
+    def footprint(mask: np.ndarray) -> np.ndarray:
+        top, left, bottom, right = builders.bounding_box(mask)
+        return mask[top:bottom, left:right]
+
+    assert np.array_equal(footprint(region), footprint(face_region))  # same ellipse, same size, same feathering
+    # inside: the donor's pixels, except in the soft edge, where they are mixed with the image's
+    assert (np.abs(spliced[region].astype(int) - 7).max(1) <= 2).mean() > 0.7
+    top, left, bottom, right = builders.bounding_box(spliced.any(2) & (spliced != image).any(2))
+    assert bottom - top <= 64 and right - left <= 64  # nothing changed outside one 64x64 window
+    assert label_of("feathered_splicing").cls == 0
 
 
 def test_blend_and_prior_compression() -> None:

@@ -4,7 +4,9 @@
 - :func:`blend_inpainted`: COCO-Inpaint-Blended from an inpainted image, its original and the mask;
 - :func:`copy_move` and :func:`splice`: TampCOCO-style edits that only move real pixels (class 0);
 - :class:`RealESRGAN`: neural regeneration on CPU through ncnn (a local stand-in for diffusion inpainting);
-- :class:`DCGANFaces`: 64x64 faces from the ``gan-face-generate`` DCGAN;
+- :class:`DCGANFaces`: 64x64 faces from the ``gan-face-generate`` DCGAN, pasted by :func:`paste_face`;
+- :func:`feathered_splice`: the same feathered paste with a patch of another real photo (class 0), so that the
+  paste's shape and soft edge are not themselves a cue for "AI";
 - :func:`sample_view` and :func:`prior_compress`: size matching and random earlier compression, applied to every
   sample of both classes so that neither size nor compression history tells the classes apart.
 """
@@ -231,6 +233,20 @@ def paste_face(image: np.ndarray, face: np.ndarray, rng: np.random.Generator) ->
     window = out[top : top + fh, left : left + fw].astype(np.float32)
     out[top : top + fh, left : left + fw] = np.clip(alpha * face + (1 - alpha) * window + 0.5, 0, 255).astype(np.uint8)
     return out, _placed((height, width), alpha[..., 0] > 0.5, top, left)
+
+
+def feathered_splice(
+    image: np.ndarray, donor: np.ndarray, rng: np.random.Generator, size: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pastes a ``size`` x ``size`` patch of ``donor`` (another real photo) exactly as :func:`paste_face` pastes a
+    DCGAN face: the same ellipse, feathering and native scale. Real pixels only: class 0, manipulated region.
+
+    Without it, every soft-edged face-sized ellipse in training is class 1, and the classifier can call the paste
+    itself "AI" instead of looking at the pixels inside it."""
+    dh, dw = donor.shape[:2]
+    size = min(size, dh, dw, image.shape[0], image.shape[1])
+    top, left = int(rng.integers(0, dh - size + 1)), int(rng.integers(0, dw - size + 1))
+    return paste_face(image, donor[top : top + size, left : left + size], rng)
 
 
 # --- size matching and compression history -------------------------------------------------------------------

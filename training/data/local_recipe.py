@@ -5,7 +5,8 @@ Per real photograph (split by source photo, so no scene is in two splits):
   real (0), copy-move (0), splicing with a donor photo of the same split (0),
   ESRGAN whole-image regeneration = "inpaint" (1, AI mask all ones, manipulation mask = region),
   its blended variant with the original pasted back outside the region (1, both masks = region),
-  and either an ESRGAN region-only regeneration or a pasted DCGAN face (1, both masks = region);
+  and either an ESRGAN region-only regeneration or a pasted DCGAN face (1, both masks = region); recipe v6 adds
+  a real patch pasted exactly like the faces (feathered splicing, 0);
 - ``extra_real_views`` more plain real views, balancing the classes against the text-to-image images.
 Per ComfyUI text-to-image image: ``views_per_generated`` views, class 1, both masks all ones.
 
@@ -57,6 +58,9 @@ class RecipeSettings:
     archived_photos: bool = False
     # recipe v5: add the middle frames of AI-generated video thumbnails (sources.video_frames)
     video_frames: bool = False
+    # recipe v6: per edited view one more class-0 sample, a real patch pasted like the DCGAN faces
+    # (builders.feathered_splice); drawn from its own generator, so every other sample is as without it
+    feathered_splices: bool = False
 
 
 def split_of(source_id: str, fractions: tuple[float, float, float]) -> str:
@@ -168,6 +172,10 @@ class LocalRecipe:
             face = self.faces.sample(1)[0]
             edited, region = builders.paste_face(view, face, rng)
             add(split, "neural_region", source, index, edited, region, rng)
+        if self.settings.feathered_splices and donor is not None:
+            own = _rng(self.settings.seed, f"{source.source_id}/feathered/{index}")
+            spliced, region = builders.feathered_splice(view, donor, own)
+            add(split, "feathered_splicing", source, index, spliced, region, own)
         self.donors[split] = [*self.donors[split][-7:], (source.source_id, view)]
 
     def add_real(self, split: str, source: SourceImage) -> None:
@@ -245,6 +253,10 @@ def main(argv: list[str] | None = None) -> None:
         "--video-frames", action="store_true",
         help="recipe v5: add frames of AI-generated video from a pinned wheel (sources.video_frames)",
     )  # fmt: skip
+    parser.add_argument(
+        "--feathered-splices", action="store_true",
+        help="recipe v6: add a class-0 paste of a real patch through the DCGAN faces' soft ellipse per edited view",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     import torch
@@ -252,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     settings = RecipeSettings(
         seed=args.seed, max_sources=args.max_sources, archived_photos=args.archived_photos,
-        video_frames=args.video_frames,
+        video_frames=args.video_frames, feathered_splices=args.feathered_splices,
     )  # fmt: skip
     try:
         summary = build(args.out, settings)
