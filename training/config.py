@@ -106,13 +106,9 @@ def _held_out(sample: Sample, fraction: float) -> bool:
     return value < fraction
 
 
-def load_splits(config: TrainConfig, data_override: Path | None = None) -> dict[str, list[Sample]]:
-    """Train/val(/test) samples from the preset's ``[data]`` table (or ``--data``).
-
-    ``manifest_dir``: a folder with ``train.jsonl``, ``val.jsonl`` and optionally ``test.jsonl`` (local recipe).
-    Otherwise paper layouts under ``root``: ``coco_real``, ``coco_inpaint`` (inpainted and blended), ``tampcoco``,
-    with ``val_manifest`` or a ``val_fraction`` held out by file stem.
-    """
+def data_table(config: TrainConfig, data_override: Path | None = None) -> dict[str, Any]:
+    """The ``[data]`` table a run reads: the preset's, with ``--data`` applied (a manifest folder replaces it, any
+    other folder becomes its ``root``). What a checkpoint records as its data."""
     data = dict(config.data)
     if data_override is not None:
         data_override = Path(data_override)
@@ -120,6 +116,17 @@ def load_splits(config: TrainConfig, data_override: Path | None = None) -> dict[
             data = {"manifest_dir": str(data_override)}
         else:
             data["root"] = str(data_override)
+    return data
+
+
+def load_splits(config: TrainConfig, data_override: Path | None = None) -> dict[str, list[Sample]]:
+    """Train/val(/test) samples from the preset's ``[data]`` table (or ``--data``, :func:`data_table`).
+
+    ``manifest_dir``: a folder with ``train.jsonl``, ``val.jsonl`` and optionally ``test.jsonl`` (local recipe).
+    Otherwise paper layouts under ``root``: ``coco_real``, ``coco_inpaint`` (inpainted and blended), ``tampcoco``,
+    with ``val_manifest`` or a ``val_fraction`` held out by file stem.
+    """
+    data = data_table(config, data_override)
     if "manifest_dir" in data:
         folder = _resolve(REPO_ROOT, data["manifest_dir"])
         splits = {

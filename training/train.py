@@ -23,7 +23,7 @@ import math
 import sys
 import time
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from gamma.config import preset as model_preset
 from gamma.model import GammaModel
 from gamma.weights import load_checkpoint, load_encoder_weights, save_checkpoint
 from training import distributed
-from training.config import TrainConfig, load_splits
+from training.config import TrainConfig, data_table, load_splits
 from training.data.datasets import GammaDataset, Sample
 from training.losses import gamma_loss
 from training.metrics import PixelCounts, image_metrics
@@ -376,6 +376,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out = args.out or Path("runs") / Path(args.preset).stem
         out.mkdir(parents=True, exist_ok=True)
         splits = load_splits(config, args.data)
+        # the checkpoint records the data it was trained on, not the preset's default (--data overrides it)
+        config = replace(config, data=data_table(config, args.data))
         if info.is_main:
             print(json.dumps({"preset": args.preset, "counts": {k: len(v) for k, v in splits.items()},
                               "device": str(info.device), "world_size": info.world_size}), flush=True)  # fmt: skip

@@ -38,6 +38,7 @@ def test_training_learns_the_artefact(pattern_data: Path, tmp_path: Path) -> Non
     checkpoint = load_checkpoint(tmp_path / "run" / "checkpoint")
     assert checkpoint.version == 1 and checkpoint.metadata["preset"] == "local-b0"
     assert checkpoint.metadata["data_counts"] == {"train": 48, "val": 24}
+    assert checkpoint.metadata["data"] == {"manifest_dir": str(pattern_data)}  # --data, not the preset's folder
 
 
 def test_resume_continues_from_the_saved_epoch(pattern_data: Path, tmp_path: Path) -> None:

@@ -22,6 +22,10 @@ Real photographs (class 0), rule:
    people (the rest have three), copied out of pinned package archives that are fetched, hash-checked and never
    installed (:mod:`training.data.archives`): Debian ``kphotoalbum``'s demo album, npm ``@vladmandic/face-api``'s
    demo photos, PyPI ``face_recognition``'s test images. Photos of one event share a scene, and a split.
+5. Recipe v6 only (``RecipeSettings.demo_photos``): the 77 photographs of :data:`DEMO_PHOTOS`, read the same way
+   from the demo and test folders of 20 npm, PyPI and Debian packages (gallery widgets, EXIF parsers, face
+   libraries, Pillow's test images, Kodak test images): animals, people, food, objects, product shots, close-ups.
+   A photographer's series is one scene; the exclusions (filtered, HDR, grey, composites, stills) are listed there.
 
 AI images (class 1), rule: the still thumbnails of the ComfyUI workflow-template package
 ``comfyui-workflow-templates-media-image`` that are entirely a generator's output:
