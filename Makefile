@@ -87,8 +87,8 @@ train-data-v6: train-photos
 TRAIN_PRESET ?= local-effl0
 RUN ?= runs/$(TRAIN_PRESET)
 TRAIN_INIT ?=
-RECIPE := training/data/cache/local-v4
-train: train-data-v4
+RECIPE := training/data/cache/local-v6
+train: train-data-v6
 	mkdir -p $(RUN)
 	$(PY) training/train.py --preset $(TRAIN_PRESET) --out $(RUN) $(if $(TRAIN_INIT),--init-from $(TRAIN_INIT)) \
 	    --no-progress 2>&1 | tee $(RUN).log
@@ -99,7 +99,7 @@ train: train-data-v4
 # The same recipe on a GPU host for a fixed few minutes (bf16, channels_last, native-resolution crops):
 # make train-gpu OUT=folder
 OUT ?= runs/gpu-effl0
-train-gpu: train-data-v4
+train-gpu: train-data-v6
 	mkdir -p $(OUT)
 	$(PY) training/train.py --preset gpu-effl0 --out $(OUT) --threads 8 --no-progress 2>&1 | tee $(OUT)/train.log
 	$(PY) training/calibrate.py --checkpoint $(OUT)/checkpoint --data $(RECIPE)/val.jsonl --threads 8 \
