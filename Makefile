@@ -87,11 +87,14 @@ train-data-v6: train-photos
 TRAIN_PRESET ?= local-effl0
 RUN ?= runs/$(TRAIN_PRESET)
 TRAIN_INIT ?=
+# preset overrides, e.g. TRAIN_SET="seed=2 max_minutes=50" (fine-tuning needs a seed other than the checkpoint's:
+# the same seed replays its data in the same order)
+TRAIN_SET ?=
 RECIPE := training/data/cache/local-v6
 train: train-data-v6
 	mkdir -p $(RUN)
 	$(PY) training/train.py --preset $(TRAIN_PRESET) --out $(RUN) $(if $(TRAIN_INIT),--init-from $(TRAIN_INIT)) \
-	    --no-progress 2>&1 | tee $(RUN).log
+	    $(foreach setting,$(TRAIN_SET),--set $(setting)) --no-progress 2>&1 | tee $(RUN).log
 	$(PY) training/calibrate.py --checkpoint $(RUN)/checkpoint --data $(RECIPE)/val.jsonl
 	$(PY) training/evaluate.py --checkpoint $(RUN)/checkpoint --data $(RECIPE)/test.jsonl \
 	    --json $(RUN)/eval_test.json --plots $(RUN)/plots --robustness-limit 4

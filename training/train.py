@@ -375,9 +375,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         config = _overrides(TrainConfig.named(args.preset), args.set)
         out = args.out or Path("runs") / Path(args.preset).stem
         out.mkdir(parents=True, exist_ok=True)
-        splits = load_splits(config, args.data)
         # the checkpoint records the data it was trained on, not the preset's default (--data overrides it)
         config = replace(config, data=data_table(config, args.data))
+        splits = load_splits(config)
         if info.is_main:
             print(json.dumps({"preset": args.preset, "counts": {k: len(v) for k, v in splits.items()},
                               "device": str(info.device), "world_size": info.world_size}), flush=True)  # fmt: skip

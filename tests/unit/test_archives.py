@@ -181,6 +181,14 @@ def test_the_archived_photo_table_is_consistent(table: str) -> None:
     assert all(len(p.archive.sha256) == 64 for p in photos)
     # every archive is pinned once: one name and version, one file, one hash
     assert len({p.archive.label for p in photos}) == len({p.archive for p in photos})
+    # source ids (registry:package/file name) are unique, or two photos would share one id and one split draw
+    ids = [f"{p.archive.registry}:{p.archive.name}/{Path(p.member).name}" for p in photos]
+    assert len(ids) == len(set(ids))
+
+
+def test_recipe_v6_adds_77_demo_photos_from_20_archives() -> None:
+    assert len(sources.DEMO_PHOTOS) == 77 and len({p.archive for p in sources.DEMO_PHOTOS}) == 20
+    assert not {p.archive for p in sources.DEMO_PHOTOS} & {p.archive for p in sources.ARCHIVED_PHOTOS}
     # photos of one scene share a split even where their own ids would draw different ones
     fractions = RecipeSettings().split_fractions
     ids = [f"debian:pkg/{i}.jpg" for i in range(40)]
@@ -188,7 +196,7 @@ def test_the_archived_photo_table_is_consistent(table: str) -> None:
     same_scene = [sources.SourceImage(i, Path(i), 0, scene="debian:pkg/outing") for i in (first, other)]
     assert len({split_of_source(s, fractions) for s in same_scene}) == 1
     assert split_of_source(sources.SourceImage(first, Path(first), 0), fractions) == split_of(first, fractions)
-    assert RecipeSettings().archived_photos is False  # recipe v3 (the shipped model's) has none of them
+    assert RecipeSettings().archived_photos is False  # recipe v3 has none of them (recipes v4-v6 add them)
     assert RecipeSettings().demo_photos is False and RecipeSettings().feathered_splices is False  # recipe v6 only
 
 

