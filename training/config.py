@@ -47,6 +47,9 @@ class TrainConfig:
     monitor: str = "accuracy"  # the validation metric early stopping follows: accuracy (the paper's) or roc_auc
     train_crop: int = TILE_SIZE  # the served tile by default; presets may train smaller (any multiple of 32)
     val_crop: int = TILE_SIZE
+    # a crop that misses a local edit's AI region is class 0 (GammaDataset's crop_labels); off by default, so that
+    # presets trained before it (gamma-local-effl0 versions 1-6) replay as they ran
+    crop_labels: bool = False
     max_minutes: float = 0.0  # wall-clock budget; 0 = none. Stops after the epoch in which it runs out
     num_workers: int = 2
     seed: int = 0

@@ -123,9 +123,10 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.accumulation = config.accumulation(info.world_size)
         self.train_set = GammaDataset(
-            splits["train"], config.train_crop, train=True, augment=config.augment, seed=config.seed
-        )
-        self.val_set = GammaDataset(splits["val"], config.val_crop)
+            splits["train"], config.train_crop, train=True, augment=config.augment, seed=config.seed,
+            crop_labels=config.crop_labels,
+        )  # fmt: skip
+        self.val_set = GammaDataset(splits["val"], config.val_crop, crop_labels=config.crop_labels)
         self.epoch, self.best_accuracy, self.bad_epochs, self.elapsed = 0, -math.inf, 0, 0.0
         self.step = 0  # optimiser steps taken (the cosine schedule's clock)
         self.history: list[dict[str, Any]] = []
@@ -363,7 +364,12 @@ def _overrides(config: TrainConfig, pairs: list[str]) -> TrainConfig:
     for pair in pairs:
         key, _, value = pair.partition("=")
         current = getattr(config, key)  # AttributeError names an unknown key
-        changes[key] = type(current)(value) if not isinstance(current, str) else value
+        if isinstance(current, bool):  # bool("false") is True: spell it out
+            if value.lower() not in ("true", "false"):
+                raise ValueError(f"--set {key}= takes true or false, got {value!r}")
+            changes[key] = value.lower() == "true"
+        else:
+            changes[key] = type(current)(value) if not isinstance(current, str) else value
     return dataclasses.replace(config, **changes)
 
 

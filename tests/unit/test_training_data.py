@@ -147,6 +147,47 @@ def test_dataset_follows_the_contract_and_keeps_masks_aligned(tmp_path: Path) ->
         assert img.shape == (3, 256, 256) and (white == (ai[0] > 0.5)).float().mean() > 0.98
 
 
+def test_crop_labels_follow_the_pixels_a_crop_holds(tmp_path: Path) -> None:
+    """With ``crop_labels`` a crop of a local AI edit that misses its region is class 0 (no network-made pixel in
+    it) and one that holds any of it stays class 1; whole-image AI (mask "all") and real samples keep their class,
+    and without ``crop_labels`` nothing changes (versions 1-6 of the shipped model trained that way)."""
+    image = np.full((64, 256, 3), 90, np.uint8)
+    Image.fromarray(image).save(tmp_path / "a.png")
+    region = np.zeros((64, 256), np.uint8)
+    region[20:40, 8:28] = 255  # a small edit at the far left
+    Image.fromarray(region).save(tmp_path / "r.png")
+    edit = datasets.Sample(tmp_path / "a.png", 1, tmp_path / "r.png", tmp_path / "r.png", "neural_region")
+    synthetic = datasets.Sample(tmp_path / "a.png", 1, "all", "all", "synthetic")
+    real = datasets.Sample(tmp_path / "a.png", 0, "none", "none", "real")
+    plain = Augment(blur_prob=0, jpeg_prob=0, jitter_prob=0, flip_prob=0)
+    relabelled = datasets.GammaDataset([edit, synthetic, real], crop=64, train=True, augment=plain, crop_labels=True)
+    old = datasets.GammaDataset([edit, synthetic, real], crop=64, train=True, augment=plain)
+    seen = {0.0: 0, 1.0: 0}
+    for epoch in range(40):
+        relabelled.set_epoch(epoch)
+        old.set_epoch(epoch)
+        _, label, ai, _ = relabelled[0]
+        assert label.item() == float(ai.max().item() > 0.5)  # class 1 exactly when the crop holds AI pixels
+        seen[label.item()] += 1
+        assert old[0][1].item() == 1.0
+        assert relabelled[1][1].item() == 1.0 and relabelled[2][1].item() == 0.0
+    assert seen[0.0] > 10 and seen[1.0] > 3  # both cases occurred: the 64-px crop of a 256-px view often misses
+    val = datasets.GammaDataset([edit], crop=64, crop_labels=True)  # the centre crop (columns 96-160) misses it
+    assert val[0][1].item() == 0.0
+    assert datasets.GammaDataset([edit], crop=64)[0][1].item() == 1.0
+
+
+def test_train_set_override_parses_booleans() -> None:
+    """--set crop_labels=false must mean False (bool("false") is True)."""
+    from training.train import _overrides
+
+    config = TrainConfig()
+    assert _overrides(config, ["crop_labels=true"]).crop_labels is True
+    assert _overrides(_overrides(config, ["crop_labels=true"]), ["crop_labels=False"]).crop_labels is False
+    with pytest.raises(ValueError, match="true or false"):
+        _overrides(config, ["crop_labels=1"])
+
+
 def test_contract_is_the_serving_preprocess(tmp_path: Path) -> None:
     """Evaluation's tiles are exactly what serving computes from the same bytes, in every coverage mode, and the
     masks come back at the image's own size."""

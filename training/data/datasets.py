@@ -134,6 +134,11 @@ def is_genimage(root: Path) -> bool:
 # --- tensors -------------------------------------------------------------------------------------------------
 
 
+def has_region(ref: MaskRef) -> bool:
+    """Whether a mask reference is a region (a file), not the whole image (``"all"``) or nothing (``"none"``)."""
+    return ref not in ("all", "none")
+
+
 def load_mask(ref: MaskRef, height: int, width: int) -> np.ndarray:
     """(H, W) uint8 in {0, 255}; a mask file of another size is resized (nearest) to the image."""
     if ref == "none":
@@ -175,16 +180,23 @@ class GammaDataset(torch.utils.data.Dataset):
     is how :mod:`training.evaluate` and :mod:`training.calibrate` score. Augmentations (and evaluation's fixed
     ``degrade``) run before alignment: they stand for what happened to an image before it reached us. ``degrade``
     may change the image size; masks follow.
+
+    ``crop_labels``: a crop of a sample whose AI mask is a region (a local edit) takes its class from the pixels it
+    holds: if none of the region is in the crop, it is class 0, because by the label table's definition class 1
+    means some pixel was made by a network, and no such pixel is there. Without it a 192-px crop of a 384-px view
+    that misses a pasted face still says "AI", which teaches the classifier that plain real content is AI. Samples
+    whose AI mask is all ones or none keep their class.
     """
 
     def __init__(
         self, samples: Sequence[Sample], crop: int = TILE_SIZE, train: bool = False,
         augment: Augment | None = None, seed: int = 0, padding: int = 1,
-        degrade: Callable[[np.ndarray], np.ndarray] | None = None,
+        degrade: Callable[[np.ndarray], np.ndarray] | None = None, crop_labels: bool = False,
     ) -> None:  # fmt: skip
         self.samples = list(samples)
         self.crop, self.train, self.augment, self.seed, self.padding = crop, train, augment, seed, padding
         self.degrade = degrade
+        self.crop_labels = crop_labels
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -228,6 +240,8 @@ class GammaDataset(torch.utils.data.Dataset):
             both = contract.random_crop(both, self.crop, self._rng(index), padding=self.padding)
         else:
             both = contract.center_crop(both, self.crop)
+        if self.crop_labels and label == 1 and has_region(self.samples[index].ai_mask) and not both[..., 3].any():
+            label = 0  # the crop missed the edited region: every pixel in it is real
         chw = torch.from_numpy(np.ascontiguousarray(both.transpose(2, 0, 1)))
         masks_t = chw[3:].float() / 255.0
         return chw[:3].contiguous(), torch.tensor(float(label)), masks_t[:1], masks_t[1:]
