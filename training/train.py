@@ -315,7 +315,7 @@ class Trainer:
             self.served.load_state_dict(load_file(str(best), device=str(self.info.device)))
         metrics: dict[str, Any] = {"val": evaluate(self.served, self.val_set, self.config, self.info)}
         if self.splits.get("test"):
-            test_set = GammaDataset(self.splits["test"], self.config.val_crop)
+            test_set = GammaDataset(self.splits["test"], self.config.val_crop, crop_labels=self.config.crop_labels)
             metrics["test"] = evaluate(self.served, test_set, self.config, self.info)
         summary = {
             "name": self.config.name,
