@@ -52,8 +52,8 @@ def write_images(folder: Path, count: int) -> list[str]:
     keys = []
     for index in range(count):
         pixels = rng.integers(0, 255, (64 + index, 80, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / f"{index:02d}.png")
-        keys.append(f"{index:02d}.png")
+        Image.fromarray(pixels).save(folder / f"{index:03d}.png")
+        keys.append(f"{index:03d}.png")
     return keys
 
 
@@ -282,7 +282,9 @@ def test_triton_stopped_and_restarted_mid_scan(
     server = TritonServer(
         triton_repository, http_port=free_port(), grpc_port=free_port(), log_file=tmp_path / "triton.log"
     )
-    keys = write_images(tmp_path / "images", 12)
+    # 100 chunks: with 6 (12 images) a quiet machine finished the scan between the first-chunk poll and the server's
+    # stop, so no chunk ever saw UNAVAILABLE; the stop now lands with ~98 chunks still to go
+    keys = write_images(tmp_path / "images", 200)
     env = worker_env(tmp_path, redis_url, "gamma-test", "faults.triton")
     env.update({"GAMMA_TRITON_URL": server.grpc_url, "GAMMA_RETRY_BACKOFF_MAX_S": "2", "GAMMA_MAX_RETRIES": "30"})
     env["GAMMA_TRITON_TIMEOUT_S"] = "10"
@@ -293,7 +295,7 @@ def test_triton_stopped_and_restarted_mid_scan(
         server.stop()  # mid-scan: the next chunks get UNAVAILABLE and retry with backoff
         time.sleep(2.0)
         server.start().wait_ready(60)
-        wait_for(lambda: scan_state(settings.db_url, scan_id).status == "done", 120, "scan done after restart")
+        wait_for(lambda: scan_state(settings.db_url, scan_id).status == "done", 300, "scan done after restart")
     scan = assert_complete(settings.db_url, scan_id, keys)
     assert "retry" in (scan.detail or "") and "TritonUnavailable" in (scan.detail or ""), scan.detail
 
