@@ -52,8 +52,8 @@ def write_images(folder: Path, count: int) -> list[str]:
     keys = []
     for index in range(count):
         pixels = rng.integers(0, 255, (64 + index, 80, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / f"{index:03d}.png")
-        keys.append(f"{index:03d}.png")
+        Image.fromarray(pixels).save(folder / f"{index:02d}.png")
+        keys.append(f"{index:02d}.png")
     return keys
 
 
