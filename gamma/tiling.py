@@ -125,11 +125,18 @@ class TilePlan:
         """(rows, columns) of the full-image masks at MASK_STRIDE."""
         return math.ceil(self.height / MASK_STRIDE), math.ceil(self.width / MASK_STRIDE)
 
+    def tile_cells(self) -> list[tuple[slice, slice]]:
+        """Each tile's (rows, columns) slice of the full-image mask grid at MASK_STRIDE, in ``boxes`` order."""
+        return [
+            (slice(top // MASK_STRIDE, bottom // MASK_STRIDE), slice(left // MASK_STRIDE, right // MASK_STRIDE))
+            for left, top, right, bottom in self.boxes
+        ]
+
     def seen(self) -> np.ndarray:
         """Bool (rows, columns) at MASK_STRIDE: the mask pixels some tile covered."""
         seen = np.zeros(self.mask_shape, dtype=bool)
-        for left, top, right, bottom in self.boxes:
-            seen[top // MASK_STRIDE : bottom // MASK_STRIDE, left // MASK_STRIDE : right // MASK_STRIDE] = True
+        for cells in self.tile_cells():
+            seen[cells] = True
         return seen
 
     def seen_fraction(self) -> float:

@@ -16,7 +16,16 @@ Rules (the same for every model; ``metadata.json`` records what they gave):
   above it costs 1, each image inside costs ``review_cost`` (0.25: a human look is cheaper than a wrong automatic
   verdict, not free); ``b`` minimises the mean cost over a grid of 0.00 .. 0.30 (step 0.01), the band kept inside
   [0, 1].
-- The mask thresholds stay as trained (``mask_pixel`` 0.5, ``manipulated_area`` 1 %).
+- ``mask_pixel`` (a mask pixel counts as flagged above it; both masks): the value on a grid of 0.10 .. 0.90 (step
+  0.05) that maximises the mean of the AI-mask and manipulation-mask pixel F1 over every seen validation pixel, real
+  images' included, so false flags on real photos count against it (a fixed 0.5 left real photos called ``real``
+  with a third of a tile flagged as AI).
+- ``manipulated_area`` (a non-AI image is ``manipulated`` when its flagged manipulation area, per tile, exceeds it):
+  the same false-positive rule as ``ai_probability``, on the plain real photos of validation (class 0, no
+  manipulated pixel): with probability ``fpr_confidence``, at most ``target_fpr`` of new ones are called
+  ``manipulated``. It is measured at the chosen ``mask_pixel``; the report gives the share of validation's manipulated
+  real images (copy-move, splicing) above it. Scores files written before mask evidence existed keep the mask
+  thresholds as they are (the report says so).
 
 Scores come from the serving contract (:mod:`gamma.preprocess` v2: native-resolution tiles of the default
 coverage, aggregated as serving does), exactly as production sees images, not from training's validation crops.
@@ -44,6 +53,23 @@ TARGET_FPR = 0.05
 FPR_CONFIDENCE = 0.95
 REVIEW_COST = 0.25
 BAND_GRID = np.round(np.arange(0.0, 0.301, 0.01), 2)
+MASK_PIXEL_GRID = np.round(np.arange(0.10, 0.901, 0.05), 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskCalibration:
+    """Mask thresholds chosen on validation (module docstring) and what they measured there."""
+
+    mask_pixel: float
+    manipulated_area: float
+    ai_mask_f1: float  # pixel F1 at mask_pixel, over every seen validation pixel
+    manipulation_mask_f1: float
+    ai_mask_f1_at_default: float  # the same at the untrained default (VerdictThresholds().mask_pixel)
+    manipulation_mask_f1_at_default: float
+    plain_real_count: int  # class-0 images with no manipulated pixel: the rule's negatives
+    manipulated_count: int  # class-0 images with manipulated pixels (copy-move, splicing)
+    manipulated_fpr: float  # share of the plain real photos whose area exceeds manipulated_area
+    manipulated_tpr: float  # share of the manipulated real images whose area exceeds it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,11 +90,60 @@ class Calibration:
     # P(true FPR > target) for i.i.d. real images like these, bounded by the rule's count of allowed exceedances
     # (ties can leave fewer real scores above the threshold; the bound is the one chosen before looking)
     fpr_violation_probability: float = float("nan")
+    masks: MaskCalibration | None = None  # None: the mask thresholds were left as they were
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["thresholds"] = self.thresholds.to_dict()
         return data
+
+
+def _mask_level(pixel_threshold: float) -> int:
+    """The uint8 level above which serving flags a mask pixel (:func:`gamma.verdict.mask_area`)."""
+    return round(pixel_threshold * 255)
+
+
+def calibrate_masks(
+    evidence: metrics.MaskThresholdEvidence, target_fpr: float = TARGET_FPR,
+    fpr_confidence: float | None = FPR_CONFIDENCE,
+) -> MaskCalibration:  # fmt: skip
+    """``mask_pixel`` and ``manipulated_area`` from validation's mask evidence (module docstring)."""
+    fpr_confidence = fpr_confidence or None
+
+    def mean_f1(pixel: float) -> float:
+        return float(np.nanmean([evidence.pixel_f1(c, _mask_level(pixel)) for c in (0, 1)]))
+
+    pixel = float(max(MASK_PIXEL_GRID, key=lambda p: (np.nan_to_num(mean_f1(float(p)), nan=-1.0), -p)))
+    level, default = _mask_level(pixel), _mask_level(VerdictThresholds().mask_pixel)
+    labels, manipulated = np.asarray(evidence.labels), np.asarray(evidence.manipulated, dtype=bool)
+    areas = evidence.areas(level)
+    plain, edited = areas[(labels == 0) & ~manipulated], areas[(labels == 0) & manipulated]
+    if plain.size == 0:
+        raise ValueError("mask calibration needs plain real validation images (class 0, no manipulated pixel)")
+    # decide() calls an image manipulated when its area is *above* the threshold: sitting on the (k+1)-th highest
+    # plain-real area lets exactly the k allowed ones (fewer with ties) exceed it
+    allowed = metrics.exceedances_allowed(int(plain.size), target_fpr, fpr_confidence)
+    area = float(np.sort(plain)[::-1][min(allowed, plain.size - 1)])
+    return MaskCalibration(
+        mask_pixel=pixel,
+        manipulated_area=area,
+        ai_mask_f1=evidence.pixel_f1(0, level),
+        manipulation_mask_f1=evidence.pixel_f1(1, level),
+        ai_mask_f1_at_default=evidence.pixel_f1(0, default),
+        manipulation_mask_f1_at_default=evidence.pixel_f1(1, default),
+        plain_real_count=int(plain.size),
+        manipulated_count=int(edited.size),
+        manipulated_fpr=float((plain > area).mean()),
+        manipulated_tpr=float((edited > area).mean()) if edited.size else float("nan"),
+    )
+
+
+def with_masks(calibration: Calibration, masks: MaskCalibration) -> Calibration:
+    """``calibration`` with the mask thresholds of ``masks`` in its thresholds."""
+    thresholds = dataclasses.replace(
+        calibration.thresholds, mask_pixel=masks.mask_pixel, manipulated_area=masks.manipulated_area
+    )
+    return dataclasses.replace(calibration, thresholds=thresholds, masks=masks)
 
 
 def _band_cost(labels: np.ndarray, scores: np.ndarray, threshold: float, band: float, review_cost: float) -> float:
@@ -119,16 +194,18 @@ def calibrate(
 
 def scores_through_contract(
     checkpoint: str | Path, data: Path, batch_size: int = 8, coverage: str | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and AI probabilities of a manifest's images through the serving contract (``coverage``: serving's
-    default unless named)."""
+) -> tuple[np.ndarray, np.ndarray, metrics.MaskThresholdEvidence]:
+    """Labels, AI probabilities and mask evidence of a manifest's images through the serving contract
+    (``coverage``: serving's default unless named)."""
     from gamma.weights import load_checkpoint
     from training.data.datasets import GammaDataset
     from training.evaluate import load_samples, predict
 
     model = load_checkpoint(checkpoint).model.eval()
-    predictions = predict(model, GammaDataset(load_samples(data)), batch_size, False, "calibrate", coverage)
-    return np.asarray(predictions.labels), np.asarray(predictions.scores)
+    evidence = metrics.MaskThresholdEvidence()
+    dataset = GammaDataset(load_samples(data))
+    predictions = predict(model, dataset, batch_size, False, "calibrate", coverage, evidence=evidence)
+    return np.asarray(predictions.labels), np.asarray(predictions.scores), evidence
 
 
 def weights_digest(directory: Path) -> str:
@@ -198,14 +275,18 @@ def main(argv: list[str] | None = None) -> Calibration:
         if saved.get("weights_sha256", weights) != weights:  # files from before provenance carry none
             parser.error(f"{args.scores} holds scores of other weights than {directory}'s: delete it to rescore")
         labels, scores = np.asarray(saved["labels"]), np.asarray(saved["scores"])
+        evidence = metrics.MaskThresholdEvidence.from_dict(saved["masks"]) if "masks" in saved else None
+        if evidence is None:
+            print(f"{args.scores} holds no mask evidence: the mask thresholds stay as they are", file=sys.stderr)
     else:
-        labels, scores = scores_through_contract(directory, args.data, coverage=args.coverage)
+        labels, scores, evidence = scores_through_contract(directory, args.data, coverage=args.coverage)
         if args.scores is not None:
             provenance = {"weights_sha256": weights, "data": str(args.data), "coverage": args.coverage}
-            args.scores.write_text(
-                json.dumps({**provenance, "labels": labels.tolist(), "scores": scores.tolist()}) + "\n"
-            )
+            saved = {**provenance, "labels": labels.tolist(), "scores": scores.tolist(), "masks": evidence.to_dict()}
+            args.scores.write_text(json.dumps(saved) + "\n")
     result = calibrate(labels, scores, fpr_confidence=args.fpr_confidence)
+    if evidence is not None:
+        result = with_masks(result, calibrate_masks(evidence, fpr_confidence=args.fpr_confidence))
     if not args.report_only:
         write_calibration(directory, result, str(args.data), args.coverage)
     print(json.dumps(result.to_dict(), indent=2))

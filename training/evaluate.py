@@ -53,7 +53,7 @@ from gamma.weights import DEFAULT_MODEL, load_checkpoint
 from training.data import datasets
 from training.data.builders import ViewSpec
 from training.data.datasets import GammaDataset, Sample
-from training.metrics import PixelCounts, image_metrics
+from training.metrics import MaskThresholdEvidence, PixelCounts, image_metrics
 
 Degrade = Callable[[np.ndarray], np.ndarray]
 
@@ -175,12 +175,13 @@ def target_at_mask_stride(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarra
 @torch.no_grad()
 def predict(
     model: GammaModel, dataset: GammaDataset, batch_size: int, progress: bool, desc: str,
-    coverage: Coverage | str | None = None, images_per_round: int = 16,
+    coverage: Coverage | str | None = None, images_per_round: int = 16, evidence: MaskThresholdEvidence | None = None,
 ) -> Predictions:  # fmt: skip
     """Scores every sample the way serving does: the coverage's native-resolution tiles, batched across images
     by tile shape through the served form of the model (:class:`gamma.inference.TorchBackend`), combined into one
     probability and stitched masks per image (:func:`gamma.inference.infer_tiles`). Mask pixels are scored at
-    MASK_STRIDE over the pixels some tile saw; an image serving would refuse (``too-small``) is left out."""
+    MASK_STRIDE over the pixels some tile saw; an image serving would refuse (``too-small``) is left out.
+    ``evidence``, when given, also gathers what the mask thresholds are calibrated on (``training/calibrate.py``)."""
     backend = TorchBackend(model, model.config, "evaluate", max_batch_size=batch_size)
     out, coverage = Predictions(), parse_coverage(coverage)
     indices = range(len(dataset))
@@ -197,12 +198,16 @@ def predict(
             out.labels.append(int(label))
             out.groups.append(group)
             seen = tiles.plan.seen()
+            targets = []
             for channel, predicted, counts in ((0, result.ai_mask, out.ai_pixels),
                                                (1, result.manipulation_mask, out.manipulation_pixels)):  # fmt: skip
                 if predicted.shape != seen.shape:  # capped (a side over 8192 px): not scored
                     continue
-                target = target_at_mask_stride(masks[..., channel], seen.shape)
-                counts[group].update(predicted[seen] / 255.0, target[seen])
+                targets.append(target_at_mask_stride(masks[..., channel], seen.shape))
+                counts[group].update(predicted[seen] / 255.0, targets[-1][seen])
+            if evidence is not None and len(targets) == 2:
+                predicted_masks = (result.ai_mask, result.manipulation_mask)
+                evidence.add(int(label), predicted_masks, (targets[0], targets[1]), seen, tiles.plan.tile_cells())
     return out
 
 

@@ -10,7 +10,8 @@ called AI.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -190,3 +191,77 @@ def image_metrics(labels, scores, threshold: float = 0.5) -> dict[str, float | i
         "threshold_fpr_1pct": threshold_at_fpr(labels, scores, 0.01),
         "threshold_fpr_5pct": threshold_at_fpr(labels, scores, 0.05),
     }
+
+
+MASK_LEVELS = 256  # masks cross the wire and are stored as uint8
+
+
+def _above(histogram: np.ndarray) -> np.ndarray:
+    """(..., 256) counts per uint8 value -> (..., 256) counts of values strictly above each level k."""
+    return histogram[..., ::-1].cumsum(axis=-1)[..., ::-1] - histogram
+
+
+@dataclass
+class MaskThresholdEvidence:
+    """What validation says about the mask thresholds, at every uint8 level at once (serving flags a mask pixel when
+    its value is above ``round(mask_pixel * 255)``, :func:`gamma.verdict.mask_area`).
+
+    ``positive``/``negative`` (2, 256): seen mask pixels per predicted value whose target is / is not flagged, pooled
+    over the images (channel 0 the AI mask, 1 the manipulation mask). ``area_curves`` (images, 256): per image, the
+    manipulated area serving reports (:func:`gamma.tiling.tile_area`: the largest flagged share of any one tile,
+    here read from the stitched mask inside each tile's box) when pixels above level k are flagged.
+    ``manipulated``: per image, whether its target manipulation mask flags any pixel; ``labels``: its class.
+    """
+
+    positive: np.ndarray = field(default_factory=lambda: np.zeros((2, MASK_LEVELS), np.int64))
+    negative: np.ndarray = field(default_factory=lambda: np.zeros((2, MASK_LEVELS), np.int64))
+    area_curves: list[np.ndarray] = field(default_factory=list)
+    manipulated: list[bool] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+
+    def add(
+        self, label: int, predicted: tuple[np.ndarray, np.ndarray], targets: tuple[np.ndarray, np.ndarray],
+        seen: np.ndarray, tile_cells: list[tuple[slice, slice]],
+    ) -> None:  # fmt: skip
+        """One image: uint8 stitched masks (AI, manipulation), their targets as flagged shares per cell (0..1), the
+        seen cells, and each tile's (rows, columns) slice of the mask grid."""
+        for channel in (0, 1):
+            values = np.asarray(predicted[channel], np.uint8)[seen]
+            flagged = np.asarray(targets[channel])[seen] >= 0.5  # as PixelCounts counts a target pixel
+            self.positive[channel] += np.bincount(values[flagged], minlength=MASK_LEVELS)
+            self.negative[channel] += np.bincount(values[~flagged], minlength=MASK_LEVELS)
+        manipulation = np.asarray(predicted[1], np.uint8)
+        curves = [
+            _above(np.bincount(manipulation[cells].ravel(), minlength=MASK_LEVELS)) / max(manipulation[cells].size, 1)
+            for cells in tile_cells
+        ]
+        self.area_curves.append(np.max(curves, axis=0) if curves else np.zeros(MASK_LEVELS))
+        self.manipulated.append(bool((np.asarray(targets[1]) > 0).any()))
+        self.labels.append(int(label))
+
+    def pixel_f1(self, channel: int, level: int) -> float:
+        """Pixel F1 of one mask over all seen validation pixels when values above ``level`` are flagged."""
+        tp = _above(self.positive[channel])[level]
+        fp = _above(self.negative[channel])[level]
+        fn = self.positive[channel].sum() - tp
+        denominator = 2 * tp + fp + fn
+        return float(2 * tp / denominator) if denominator else float("nan")
+
+    def areas(self, level: int) -> np.ndarray:
+        """Per image, the manipulated area serving would report at ``level``."""
+        return np.array([curve[level] for curve in self.area_curves], dtype=np.float64)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"positive": self.positive.tolist(), "negative": self.negative.tolist(),
+                "area_curves": [c.tolist() for c in self.area_curves],
+                "manipulated": self.manipulated, "labels": self.labels}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MaskThresholdEvidence:
+        return cls(
+            positive=np.asarray(data["positive"], np.int64),
+            negative=np.asarray(data["negative"], np.int64),
+            area_curves=[np.asarray(c, np.float64) for c in data["area_curves"]],
+            manipulated=[bool(m) for m in data["manipulated"]],
+            labels=[int(label) for label in data["labels"]],
+        )

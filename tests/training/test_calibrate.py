@@ -140,3 +140,98 @@ def test_report_only_leaves_the_checkpoint_untouched(tmp_path) -> None:
                    "--scores", str(saved), "--threads", "1", "--report-only"])  # fmt: skip
     assert result.thresholds == calibrate(labels, scores).thresholds
     assert {f.name: f.read_bytes() for f in checkpoint.iterdir()} == before
+
+
+# --- mask thresholds -----------------------------------------------------------------------------------------
+
+
+def _evidence_of(images: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]):
+    """Mask evidence of one-tile images: (label, AI mask, manipulation mask, AI target, manipulation target)."""
+    from training.metrics import MaskThresholdEvidence
+
+    evidence = MaskThresholdEvidence()
+    for label, ai, manipulation, ai_target, manipulation_target in images:
+        cells = [(slice(0, ai.shape[0]), slice(0, ai.shape[1]))]
+        evidence.add(label, (ai, manipulation), (ai_target, manipulation_target), np.ones(ai.shape, bool), cells)
+    return evidence
+
+
+def _noisy_masks(seed: int = 0, side: int = 16):
+    """Real photos whose masks carry mid-level false flags (~150 of 255), edited real images and AI images whose
+    edited region is confident (~230): a threshold of 0.5 flags the false pixels, one near 0.7 does not."""
+    rng = np.random.default_rng(seed)
+    images, zero = [], np.zeros((side, side))
+    region = np.zeros((side, side))
+    region[4:10, 4:10] = 1.0
+
+    def mask(truth: np.ndarray, false_share: float) -> np.ndarray:
+        values = rng.integers(0, 60, truth.shape)
+        values[rng.random(truth.shape) < false_share] = rng.integers(140, 160)
+        values[truth >= 0.5] = rng.integers(215, 250, int((truth >= 0.5).sum()))
+        return values.astype(np.uint8)
+
+    for _ in range(80):  # plain real photos
+        images.append((0, mask(zero, 0.2), mask(zero, 0.2), zero, zero))
+    for _ in range(40):  # copy-move / splicing: the manipulation mask has the region
+        images.append((0, mask(zero, 0.2), mask(region, 0.2), zero, region))
+    for _ in range(40):  # local AI edits: both masks have the region
+        images.append((1, mask(region, 0.2), mask(region, 0.2), region, region))
+    return _evidence_of(images)
+
+
+def test_mask_evidence_counts_as_pixel_counts_and_areas_as_serving() -> None:
+    from gamma.tiling import tile_area
+    from training.metrics import MaskThresholdEvidence, PixelCounts
+
+    rng = np.random.default_rng(3)
+    ai, manipulation = (rng.integers(0, 256, (8, 12), dtype=np.uint8) for _ in range(2))
+    ai_target, manipulation_target = (rng.random((8, 12)) for _ in range(2))
+
+    evidence = MaskThresholdEvidence()
+    tiles = [(slice(0, 8), slice(0, 6)), (slice(0, 8), slice(6, 12))]  # two side-by-side tiles
+    evidence.add(0, (ai, manipulation), (ai_target, manipulation_target), np.ones((8, 12), bool), tiles)
+    for pixel in (0.3, 0.5, 0.8):
+        level = round(pixel * 255)
+        counts = PixelCounts()
+        counts.update(ai > level, ai_target)  # flagged as serving flags (value above the level)
+        assert evidence.pixel_f1(0, level) == pytest.approx(counts.f1)
+        per_tile = np.stack([manipulation[cells] for cells in tiles])
+        assert evidence.areas(level)[0] == pytest.approx(tile_area(per_tile, pixel))
+    assert evidence.manipulated == [True] and evidence.labels == [0]
+
+
+def test_mask_pixel_rises_above_false_flags_and_manipulated_keeps_the_target_rate() -> None:
+    from gamma.verdict import decide
+    from training.calibrate import calibrate_masks, with_masks
+
+    masks = calibrate_masks(_noisy_masks())
+    assert 0.6 <= masks.mask_pixel <= 0.85  # above the false flags (~0.59), below the true ones (~0.84)
+    assert masks.ai_mask_f1 > masks.ai_mask_f1_at_default and masks.manipulation_mask_f1 == pytest.approx(1.0)
+    assert masks.plain_real_count == 80 and masks.manipulated_count == 40
+    assert masks.manipulated_fpr <= 0.05 and masks.manipulated_tpr == 1.0
+    evidence = _noisy_masks()
+    areas = evidence.areas(round(masks.mask_pixel * 255))
+    thresholds = with_masks(calibrate(*_scores(0)), masks).thresholds
+    assert (thresholds.mask_pixel, thresholds.manipulated_area) == (masks.mask_pixel, masks.manipulated_area)
+    plain = [decide(0.0, 0.0, a, thresholds).verdict for a, m in zip(areas, evidence.manipulated) if not m]
+    assert sum(v == Verdict.MANIPULATED for v in plain) / len(plain) == pytest.approx(masks.manipulated_fpr)
+
+
+def test_calibration_through_the_contract_writes_mask_thresholds_and_saves_their_evidence(tmp_path) -> None:
+    from gamma.model import GammaModel
+    from gamma.weights import load_checkpoint, save_checkpoint
+    from tests.fixtures.models import MICRO_CONFIG
+    from tests.training.synthetic import write_pattern_set
+
+    data = write_pattern_set(tmp_path / "data", n_train=0, n_val=8)
+    save_checkpoint(GammaModel(MICRO_CONFIG), tmp_path / "m", {"name": "m", "version": 1})
+    saved = tmp_path / "scores.json"
+    argv = ["--checkpoint", str(tmp_path / "m"), "--data", str(data / "val.jsonl"), "--scores", str(saved),
+            "--threads", "1"]  # fmt: skip
+    result = main(argv)
+    assert result.masks is not None and result.masks.plain_real_count == 4
+    written = load_checkpoint(tmp_path / "m").config.thresholds
+    assert (written.mask_pixel, written.manipulated_area) == (result.masks.mask_pixel, result.masks.manipulated_area)
+    assert "masks" in json.loads(saved.read_text())
+    again = main(argv)  # the saved evidence gives the same calibration without inference (NaN-safe comparison)
+    assert json.dumps(again.to_dict(), sort_keys=True) == json.dumps(result.to_dict(), sort_keys=True)
