@@ -7,7 +7,8 @@ aggregated and masks stitched by :func:`gamma.inference.infer_tiles`), exactly a
 
 Reports, per group (generator, sample kind) and overall: accuracy at 0.5, balanced accuracy, AP, ROC-AUC, ECE,
 the thresholds that keep the false-positive rate on real images at 1% and 5%, and pixel F1/IoU of the AI and
-manipulation masks (at the masks' stride 4, over the pixels a tile saw). The same again on a
+manipulation masks (at the masks' stride 4, over the pixels a tile saw, flagged above the checkpoint's
+``mask_pixel``). The same again on a
 *size-matched* variant: before the contract, every image of both classes is downscaled (never upscaled) to a short
 side drawn from the training recipe's shared range (:class:`training.data.builders.ViewSpec`), so a detector that
 keys on image size (GenImage's AI images are 512-1024 px squares, its real ones
@@ -180,10 +181,12 @@ def predict(
     """Scores every sample the way serving does: the coverage's native-resolution tiles, batched across images
     by tile shape through the served form of the model (:class:`gamma.inference.TorchBackend`), combined into one
     probability and stitched masks per image (:func:`gamma.inference.infer_tiles`). Mask pixels are scored at
-    MASK_STRIDE over the pixels some tile saw; an image serving would refuse (``too-small``) is left out.
+    MASK_STRIDE over the pixels some tile saw, flagged at the checkpoint's ``mask_pixel`` as serving flags them
+    (:func:`gamma.verdict.mask_area`); an image serving would refuse (``too-small``) is left out.
     ``evidence``, when given, also gathers what the mask thresholds are calibrated on (``training/calibrate.py``)."""
     backend = TorchBackend(model, model.config, "evaluate", max_batch_size=batch_size)
     out, coverage = Predictions(), parse_coverage(coverage)
+    level = round(model.config.thresholds.mask_pixel * 255)  # a pixel is flagged above it, as serving flags it
     indices = range(len(dataset))
     for start in tqdm(range(0, len(dataset), images_per_round), desc=desc, disable=not progress, file=sys.stdout):
         items = []
@@ -204,7 +207,7 @@ def predict(
                 if predicted.shape != seen.shape:  # capped (a side over 8192 px): not scored
                     continue
                 targets.append(target_at_mask_stride(masks[..., channel], seen.shape))
-                counts[group].update(predicted[seen] / 255.0, targets[-1][seen])
+                counts[group].update(predicted[seen] > level, targets[-1][seen])
             if evidence is not None and len(targets) == 2:
                 predicted_masks = (result.ai_mask, result.manipulation_mask)
                 evidence.add(int(label), predicted_masks, (targets[0], targets[1]), seen, tiles.plan.tile_cells())
@@ -364,6 +367,7 @@ def evaluate(
         "contract": f"gamma.preprocess v2: decode -> JPEG q96 -> {coverage.value} tiles at native resolution -> "
         f"{AGGREGATION}",
         "coverage": coverage.value,
+        "mask_pixel": loaded.config.thresholds.mask_pixel,  # the masks' F1/IoU flag pixels above it
     }
     clean = predict(model, GammaDataset(samples), batch_size, progress, "clean", coverage)
     report["clean"] = clean.metrics()

@@ -131,3 +131,23 @@ def test_verdict_rates_follow_the_checkpoints_thresholds() -> None:
         assert (verdict is Verdict.AI_GENERATED) == (score >= 0.7) and (verdict is Verdict.NEEDS_REVIEW) == (
             0.3 < score < 0.7
         ), (label, score, verdict)
+
+
+def test_mask_scores_flag_pixels_at_the_checkpoints_mask_threshold(tmp_path: Path) -> None:
+    """Mask F1 is measured where serving flags pixels: above the checkpoint's ``mask_pixel`` (calibrated since
+    version 8), not at a fixed 0.5."""
+    from gamma.verdict import VerdictThresholds
+
+    for i in range(2):
+        _write(tmp_path / "data" / "ai" / f"a{i}.png", 20 + i)
+        _write(tmp_path / "data" / "real" / f"r{i}.jpg", 30 + i)
+    f1 = {}
+    for pixel in (0.0, 1.0):  # everything flagged / nothing flagged
+        directory = tmp_path / f"m{pixel}"
+        loaded = make_checkpoint(directory)
+        loaded.config.replace(thresholds=VerdictThresholds(mask_pixel=pixel)).to_json(directory / "config.json")
+        report = evaluate.evaluate(str(directory), tmp_path / "data", robustness=False, size_matched_variant=False,
+                                   content_control=False, progress=False)  # fmt: skip
+        assert report["mask_pixel"] == pixel
+        f1[pixel] = report["clean"]["overall"]["ai_mask_f1"]
+    assert f1[1.0] == 0.0 < f1[0.0]  # the AI images' masks are "all": flagging every pixel finds them
