@@ -50,6 +50,9 @@ class TrainConfig:
     # a crop that misses a local edit's AI region is class 0 (GammaDataset's crop_labels); off by default, so that
     # presets trained before it (gamma-local-effl0 versions 1-6) replay as they ran
     crop_labels: bool = False
+    # also save each epoch's validated weights in <out>/epochs/<n>/ (a checkpoint folder each), so that a run's
+    # trajectory can be averaged afterwards (training/soup.py; gamma-local-effl0 version 8 is such an average)
+    keep_epochs: bool = False
     max_minutes: float = 0.0  # wall-clock budget; 0 = none. Stops after the epoch in which it runs out
     num_workers: int = 2
     seed: int = 0

@@ -7,7 +7,8 @@ JPEG-96 alignment; Wang-2020 augmentations. On CUDA: bf16 autocast and channels_
 runs DDP (NCCL on GPUs, gloo on CPU).
 
 Outputs in ``--out``: ``last.pt`` (resumable state, every epoch), ``best/`` (best weights so far),
-``checkpoint/`` (the final model: ``gamma.weights.save_checkpoint`` with metadata) and ``metrics.json``.
+``checkpoint/`` (the final model: ``gamma.weights.save_checkpoint`` with metadata), ``metrics.json``, and with
+``keep_epochs`` every epoch's validated weights in ``epochs/<n>/`` (to average a trajectory with ``training/soup.py``).
 
 Two optional deviations for short fine-tuning runs (presets set them; both off by default): a cosine learning-rate
 decay over ``max_epochs`` (``lr_schedule``), and an exponential moving average of the weights (``weight_average``,
@@ -45,6 +46,7 @@ from training.losses import gamma_loss
 from training.metrics import PixelCounts, image_metrics
 
 STATE_FILE = "last.pt"
+EPOCHS_DIR = "epochs"  # with keep_epochs: epochs/01, epochs/02, ... (one checkpoint folder per epoch)
 
 
 def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -288,6 +290,8 @@ class Trainer:
             better = self.improved(val[self.config.monitor])
             if better and self.info.is_main:
                 save_checkpoint(self.served, self.out / "best")
+            if self.config.keep_epochs and self.info.is_main:
+                save_checkpoint(self.served, self.out / EPOCHS_DIR / f"{self.epoch + 1:02d}")
             self.epoch += 1
             self.elapsed = time.time() - started
             last_lr = self.learning_rate(max(self.step - 1, 0))  # the rate of the epoch's last step

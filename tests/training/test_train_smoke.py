@@ -52,6 +52,21 @@ def test_resume_continues_from_the_saved_epoch(pattern_data: Path, tmp_path: Pat
     assert [h["epoch"] for h in history] == [1, 2]  # epoch 1 was not trained again
 
 
+def test_keep_epochs_saves_every_epochs_validated_weights_as_a_checkpoint(pattern_data: Path, tmp_path: Path) -> None:
+    from gamma.weights import load_checkpoint
+
+    run = tmp_path / "run"
+    train.main(["--preset", "local-b0", "--data", str(pattern_data), "--out", str(run), *FAST,
+                "--set", "epoch_fraction=0.35", "--set", "max_epochs=2", "--set", "keep_epochs=true"])  # fmt: skip
+    epochs = sorted(p.name for p in (run / train.EPOCHS_DIR).iterdir())
+    assert epochs == ["01", "02"]
+    last = torch.load(run / train.STATE_FILE, weights_only=True)["model"]
+    kept = load_checkpoint(run / train.EPOCHS_DIR / "02").model.state_dict()
+    assert all(torch.equal(kept[k], v) for k, v in last.items())  # epoch 2's folder holds the weights it ended with
+    first = load_checkpoint(run / train.EPOCHS_DIR / "01").model.state_dict()
+    assert any(not torch.equal(first[k], v) for k, v in last.items())
+
+
 def test_init_from_starts_at_a_checkpoints_weights_and_refuses_another_model(
     pattern_data: Path, tmp_path: Path
 ) -> None:
