@@ -10,7 +10,8 @@ the reserved independent sources.
 Every floating-point tensor is interpolated, BatchNorm's running statistics included (what the papers do);
 integer tensors (``num_batches_tracked``) are taken from the first checkpoint. The checkpoints must share one
 architecture (config without thresholds) and one state-dict layout. The result carries the first checkpoint's
-config, its thresholds included: calibrate it before serving it.
+config, its thresholds included (calibrate it before serving it), and the first checkpoint's metadata less what
+was measured on it (``calibration``, ``metrics``), with the ingredients and their weights under ``soup``.
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ def soup(checkpoints: list[str | Path], weights: list[float], out: str | Path) -
     configs[0].to_json(out / CONFIG_FILE)
     metadata_path = directories[0] / METADATA_FILE
     metadata = json.loads(metadata_path.read_text()) if metadata_path.is_file() else {}
-    metadata.pop("calibration", None)  # the first checkpoint's measurement is not this one's
+    for measured in ("calibration", "metrics"):  # the first checkpoint's measurements do not describe the mix
+        metadata.pop(measured, None)
     metadata["soup"] = {
         "ingredients": [
             {"checkpoint": str(d), "weight": w, "version": json.loads((d / METADATA_FILE).read_text()).get("version")

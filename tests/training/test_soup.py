@@ -23,7 +23,8 @@ def _checkpoint(directory: Path, seed: int, config: GammaConfig = MICRO_CONFIG, 
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-1, 1)
             module.num_batches_tracked.fill_(seed + 1)
-    save_checkpoint(model, directory, {"name": "micro", "version": version, "calibration": {"ece": 0.1}})
+    metadata = {"name": "micro", "version": version, "calibration": {"ece": 0.1}, "metrics": {"val": {}}, "seed": seed}
+    save_checkpoint(model, directory, metadata)
     return directory
 
 
@@ -38,7 +39,8 @@ def test_the_mix_is_the_weighted_sum_and_loads_as_a_checkpoint(tmp_path: Path) -
     counters = [k for k in sa if k.endswith("num_batches_tracked")]
     assert counters and all(torch.equal(sm[k], sa[k]) for k in counters)  # integers: the first checkpoint's
     metadata = json.loads((out / "metadata.json").read_text())
-    assert "calibration" not in metadata  # the first checkpoint's measurement does not describe the mix
+    assert "calibration" not in metadata and "metrics" not in metadata  # measured on the first, not on the mix
+    assert metadata["seed"] == 0  # the rest of the first checkpoint's provenance stays
     assert [(i["weight"], i["version"]) for i in metadata["soup"]["ingredients"]] == [(0.75, 6), (0.25, 7)]
     mixed = load_checkpoint(out)
     assert mixed.config == load_checkpoint(a).config
