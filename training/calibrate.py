@@ -18,8 +18,7 @@ Rules (the same for every model; ``metadata.json`` records what they gave):
   [0, 1].
 - ``mask_pixel`` (a mask pixel counts as flagged above it; both masks): the value on a grid of 0.10 .. 0.90 (step
   0.05) that maximises the mean of the AI-mask and manipulation-mask pixel F1 over every seen validation pixel, real
-  images' included, so false flags on real photos count against it (a fixed 0.5 left real photos called ``real``
-  with a third of a tile flagged as AI).
+  images' included, so false flags on real photos count against it.
 - ``manipulated_area`` (a non-AI image is ``manipulated`` when its flagged manipulation area, per tile, exceeds it):
   the same false-positive rule as ``ai_probability``, on the plain real photos of validation (class 0, no
   manipulated pixel): with probability ``fpr_confidence``, at most ``target_fpr`` of new ones are called
@@ -286,7 +285,10 @@ def main(argv: list[str] | None = None) -> Calibration:
             args.scores.write_text(json.dumps(saved) + "\n")
     result = calibrate(labels, scores, fpr_confidence=args.fpr_confidence)
     if evidence is not None:
-        result = with_masks(result, calibrate_masks(evidence, fpr_confidence=args.fpr_confidence))
+        try:
+            result = with_masks(result, calibrate_masks(evidence, fpr_confidence=args.fpr_confidence))
+        except ValueError as error:  # e.g. every real validation image is an edit: nothing to bound the rate on
+            print(f"mask thresholds stay as they are: {error}", file=sys.stderr)
     if not args.report_only:
         write_calibration(directory, result, str(args.data), args.coverage)
     print(json.dumps(result.to_dict(), indent=2))
