@@ -235,3 +235,13 @@ def test_calibration_through_the_contract_writes_mask_thresholds_and_saves_their
     assert "masks" in json.loads(saved.read_text())
     again = main(argv)  # the saved evidence gives the same calibration without inference (NaN-safe comparison)
     assert json.dumps(again.to_dict(), sort_keys=True) == json.dumps(result.to_dict(), sort_keys=True)
+
+
+def test_mask_calibration_needs_plain_real_photos() -> None:
+    from training.calibrate import calibrate_masks
+
+    region = np.zeros((8, 8))
+    region[:4] = 1.0
+    edited = np.full((8, 8), 200, np.uint8)
+    with pytest.raises(ValueError, match="plain real"):  # main() then keeps the mask thresholds and says so
+        calibrate_masks(_evidence_of([(0, edited, edited, np.zeros((8, 8)), region)] * 3))
