@@ -31,6 +31,8 @@ from enum import StrEnum
 
 import numpy as np
 
+from gamma.verdict import mask_level
+
 __all__ = [
     "AGGREGATION", "DEFAULT_COVERAGE", "IMAGE_SCORE", "IMAGE_SCORES", "MASK_STRIDE", "MAX_MASK_SIDE", "MIN_OVERLAP",
     "MIN_SIDE", "STRIDE", "TILE_SIZE", "Box", "Coverage", "TileOutputs", "TilePlan", "aggregate_probability",
@@ -268,7 +270,7 @@ def tile_area(masks: np.ndarray, pixel_threshold: float) -> float:
     splice is 1.3 % of a 512 tile but 0.2 % of a 12 MP photo), so ``full`` would miss what ``centre`` finds there.
     """
     masks = np.asarray(masks)
-    flagged = masks > round(pixel_threshold * 255) if masks.dtype == np.uint8 else masks > pixel_threshold
+    flagged = masks > mask_level(pixel_threshold) if masks.dtype == np.uint8 else masks > pixel_threshold
     return float(flagged.reshape(len(flagged), -1).mean(axis=1).max()) if flagged.size else 0.0
 
 

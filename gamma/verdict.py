@@ -71,11 +71,16 @@ class Judgement:
         }
 
 
+def mask_level(pixel_threshold: float) -> int:
+    """The uint8 mask value above which a pixel counts as flagged (masks cross the wire and are stored as uint8)."""
+    return round(pixel_threshold * 255)
+
+
 def mask_area(mask_probability: np.ndarray, pixel_threshold: float) -> float:
     """Fraction of pixels whose probability exceeds ``pixel_threshold``; accepts float [0,1] or uint8 [0,255]."""
     mask = np.asarray(mask_probability)
     if mask.dtype == np.uint8:
-        flagged = mask > round(pixel_threshold * 255)
+        flagged = mask > mask_level(pixel_threshold)
     else:
         flagged = mask > pixel_threshold
     return float(flagged.mean()) if flagged.size else 0.0

@@ -45,7 +45,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import numpy as np
 
-from gamma.verdict import VerdictThresholds
+from gamma.verdict import VerdictThresholds, mask_level
 from training import metrics
 
 TARGET_FPR = 0.05
@@ -97,11 +97,6 @@ class Calibration:
         return data
 
 
-def _mask_level(pixel_threshold: float) -> int:
-    """The uint8 level above which serving flags a mask pixel (:func:`gamma.verdict.mask_area`)."""
-    return round(pixel_threshold * 255)
-
-
 def calibrate_masks(
     evidence: metrics.MaskThresholdEvidence, target_fpr: float = TARGET_FPR,
     fpr_confidence: float | None = FPR_CONFIDENCE,
@@ -110,10 +105,10 @@ def calibrate_masks(
     fpr_confidence = fpr_confidence or None
 
     def mean_f1(pixel: float) -> float:
-        return float(np.nanmean([evidence.pixel_f1(c, _mask_level(pixel)) for c in (0, 1)]))
+        return float(np.nanmean([evidence.pixel_f1(c, mask_level(pixel)) for c in (0, 1)]))
 
     pixel = float(max(MASK_PIXEL_GRID, key=lambda p: (np.nan_to_num(mean_f1(float(p)), nan=-1.0), -p)))
-    level, default = _mask_level(pixel), _mask_level(VerdictThresholds().mask_pixel)
+    level, default = mask_level(pixel), mask_level(VerdictThresholds().mask_pixel)
     labels, manipulated = np.asarray(evidence.labels), np.asarray(evidence.manipulated, dtype=bool)
     areas = evidence.areas(level)
     plain, edited = areas[(labels == 0) & ~manipulated], areas[(labels == 0) & manipulated]

@@ -51,7 +51,7 @@ class TrainConfig:
     # presets trained before it (gamma-local-effl0 versions 1-6) replay as they ran
     crop_labels: bool = False
     # also save each epoch's validated weights in <out>/epochs/<n>/ (a checkpoint folder each), so that a run's
-    # trajectory can be averaged afterwards (training/soup.py; gamma-local-effl0 version 8 is such an average)
+    # trajectory can be averaged afterwards (training/soup.py; MODEL_CARD: version 8's candidates)
     keep_epochs: bool = False
     max_minutes: float = 0.0  # wall-clock budget; 0 = none. Stops after the epoch in which it runs out
     num_workers: int = 2

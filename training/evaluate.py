@@ -49,7 +49,7 @@ from gamma.inference import TorchBackend, infer_tiles
 from gamma.model import GammaModel
 from gamma.preprocess import ImageRejected
 from gamma.tiling import AGGREGATION, MASK_STRIDE, Coverage, parse_coverage
-from gamma.verdict import VerdictThresholds
+from gamma.verdict import VerdictThresholds, mask_level
 from gamma.weights import DEFAULT_MODEL, load_checkpoint
 from training.data import datasets
 from training.data.builders import ViewSpec
@@ -186,7 +186,7 @@ def predict(
     ``evidence``, when given, also gathers what the mask thresholds are calibrated on (``training/calibrate.py``)."""
     backend = TorchBackend(model, model.config, "evaluate", max_batch_size=batch_size)
     out, coverage = Predictions(), parse_coverage(coverage)
-    level = round(model.config.thresholds.mask_pixel * 255)  # a pixel is flagged above it, as serving flags it
+    level = mask_level(model.config.thresholds.mask_pixel)  # a pixel is flagged above it, as serving flags it
     indices = range(len(dataset))
     for start in tqdm(range(0, len(dataset), images_per_round), desc=desc, disable=not progress, file=sys.stdout):
         items = []

@@ -204,7 +204,7 @@ def _above(histogram: np.ndarray) -> np.ndarray:
 @dataclass
 class MaskThresholdEvidence:
     """What validation says about the mask thresholds, at every uint8 level at once (serving flags a mask pixel when
-    its value is above ``round(mask_pixel * 255)``, :func:`gamma.verdict.mask_area`).
+    its value is above :func:`gamma.verdict.mask_level` of ``mask_pixel``).
 
     ``positive``/``negative`` (2, 256): seen mask pixels per predicted value whose target is / is not flagged, pooled
     over the images (channel 0 the AI mask, 1 the manipulation mask). ``area_curves`` (images, 256): per image, the
