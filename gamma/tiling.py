@@ -127,18 +127,11 @@ class TilePlan:
         """(rows, columns) of the full-image masks at MASK_STRIDE."""
         return math.ceil(self.height / MASK_STRIDE), math.ceil(self.width / MASK_STRIDE)
 
-    def tile_cells(self) -> list[tuple[slice, slice]]:
-        """Each tile's (rows, columns) slice of the full-image mask grid at MASK_STRIDE, in ``boxes`` order."""
-        return [
-            (slice(top // MASK_STRIDE, bottom // MASK_STRIDE), slice(left // MASK_STRIDE, right // MASK_STRIDE))
-            for left, top, right, bottom in self.boxes
-        ]
-
     def seen(self) -> np.ndarray:
         """Bool (rows, columns) at MASK_STRIDE: the mask pixels some tile covered."""
         seen = np.zeros(self.mask_shape, dtype=bool)
-        for cells in self.tile_cells():
-            seen[cells] = True
+        for left, top, right, bottom in self.boxes:
+            seen[top // MASK_STRIDE : bottom // MASK_STRIDE, left // MASK_STRIDE : right // MASK_STRIDE] = True
         return seen
 
     def seen_fraction(self) -> float:
@@ -246,6 +239,9 @@ class TileOutputs:
     tile_probabilities: np.ndarray
     ai_area: float
     manipulated_area: float
+    # per tile (N, h/4, w/4): what ``manipulated_area`` was measured on (the batch's array, not a copy; calibration
+    # reads it, since the stitched mask keeps the larger value where tiles overlap)
+    tile_manipulation_masks: np.ndarray
 
     @property
     def top_tile(self) -> Box:
@@ -298,4 +294,5 @@ def combine_tiles(
         tile_probabilities=probabilities,
         ai_area=tile_area(ai_masks, mask_pixel),
         manipulated_area=tile_area(manipulation_masks, mask_pixel),
+        tile_manipulation_masks=np.asarray(manipulation_masks),
     )

@@ -104,10 +104,15 @@ def calibrate_masks(
     """``mask_pixel`` and ``manipulated_area`` from validation's mask evidence (module docstring)."""
     fpr_confidence = fpr_confidence or None
 
-    def mean_f1(pixel: float) -> float:
-        return float(np.nanmean([evidence.pixel_f1(c, mask_level(pixel)) for c in (0, 1)]))
+    def mean_f1(pixel: float) -> float:  # nan when neither mask has a flagged pixel or a flag at this level
+        f1 = [evidence.pixel_f1(c, mask_level(pixel)) for c in (0, 1)]
+        return float(np.mean([v for v in f1 if not np.isnan(v)])) if not all(np.isnan(f1)) else float("nan")
 
-    pixel = float(max(MASK_PIXEL_GRID, key=lambda p: (np.nan_to_num(mean_f1(float(p)), nan=-1.0), -p)))
+    scored = {float(p): mean_f1(float(p)) for p in MASK_PIXEL_GRID}
+    if all(np.isnan(v) for v in scored.values()):  # no mask evidence at all: keep the default
+        pixel = VerdictThresholds().mask_pixel
+    else:
+        pixel = max(scored, key=lambda p: (np.nan_to_num(scored[p], nan=-1.0), -p))
     level, default = mask_level(pixel), mask_level(VerdictThresholds().mask_pixel)
     labels, manipulated = np.asarray(evidence.labels), np.asarray(evidence.manipulated, dtype=bool)
     areas = evidence.areas(level)
@@ -278,7 +283,12 @@ def main(argv: list[str] | None = None) -> Calibration:
             provenance = {"weights_sha256": weights, "data": str(args.data), "coverage": args.coverage}
             saved = {**provenance, "labels": labels.tolist(), "scores": scores.tolist(), "masks": evidence.to_dict()}
             args.scores.write_text(json.dumps(saved) + "\n")
-    result = calibrate(labels, scores, fpr_confidence=args.fpr_confidence)
+    from gamma.config import GammaConfig
+    from gamma.weights import CONFIG_FILE
+
+    # the checkpoint's own thresholds are the base: what this run does not calibrate (masks without evidence) stays
+    current = GammaConfig.from_json(directory / CONFIG_FILE).thresholds
+    result = calibrate(labels, scores, base=current, fpr_confidence=args.fpr_confidence)
     if evidence is not None:
         try:
             result = with_masks(result, calibrate_masks(evidence, fpr_confidence=args.fpr_confidence))

@@ -210,7 +210,9 @@ def predict(
                 counts[group].update(predicted[seen] > level, targets[-1][seen])
             if evidence is not None and len(targets) == 2:
                 predicted_masks = (result.ai_mask, result.manipulation_mask)
-                evidence.add(int(label), predicted_masks, (targets[0], targets[1]), seen, tiles.plan.tile_cells())
+                evidence.add(
+                    int(label), predicted_masks, (targets[0], targets[1]), seen, result.tile_manipulation_masks
+                )
     return out
 
 

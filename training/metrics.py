@@ -208,8 +208,8 @@ class MaskThresholdEvidence:
 
     ``positive``/``negative`` (2, 256): seen mask pixels per predicted value whose target is / is not flagged, pooled
     over the images (channel 0 the AI mask, 1 the manipulation mask). ``area_curves`` (images, 256): per image, the
-    manipulated area serving reports (:func:`gamma.tiling.tile_area`: the largest flagged share of any one tile,
-    here read from the stitched mask inside each tile's box) when pixels above level k are flagged.
+    manipulated area serving reports (:func:`gamma.tiling.tile_area`: the largest flagged share of any one tile's own
+    mask) when pixels above level k are flagged.
     ``manipulated``: per image, whether its target manipulation mask flags any pixel; ``labels``: its class.
     """
 
@@ -221,19 +221,18 @@ class MaskThresholdEvidence:
 
     def add(
         self, label: int, predicted: tuple[np.ndarray, np.ndarray], targets: tuple[np.ndarray, np.ndarray],
-        seen: np.ndarray, tile_cells: list[tuple[slice, slice]],
+        seen: np.ndarray, tile_manipulation_masks: np.ndarray,
     ) -> None:  # fmt: skip
         """One image: uint8 stitched masks (AI, manipulation), their targets as flagged shares per cell (0..1), the
-        seen cells, and each tile's (rows, columns) slice of the mask grid."""
+        seen cells, and the uint8 manipulation mask of each tile (N, h, w), as serving measures its area on them."""
         for channel in (0, 1):
             values = np.asarray(predicted[channel], np.uint8)[seen]
             flagged = np.asarray(targets[channel])[seen] >= 0.5  # as PixelCounts counts a target pixel
             self.positive[channel] += np.bincount(values[flagged], minlength=MASK_LEVELS)
             self.negative[channel] += np.bincount(values[~flagged], minlength=MASK_LEVELS)
-        manipulation = np.asarray(predicted[1], np.uint8)
         curves = [
-            _above(np.bincount(manipulation[cells].ravel(), minlength=MASK_LEVELS)) / max(manipulation[cells].size, 1)
-            for cells in tile_cells
+            _above(np.bincount(tile.ravel(), minlength=MASK_LEVELS)) / max(tile.size, 1)
+            for tile in np.asarray(tile_manipulation_masks, np.uint8)
         ]
         self.area_curves.append(np.max(curves, axis=0) if curves else np.zeros(MASK_LEVELS))
         self.manipulated.append(bool((np.asarray(targets[1]) > 0).any()))

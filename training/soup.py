@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def interpolate_states(states: list[dict[str, torch.Tensor]], weights: list[floa
     first state."""
     if len(states) != len(weights) or len(states) < 2:
         raise ValueError("need at least two states and one weight each")
-    if abs(sum(weights) - 1.0) > 1e-9 or any(w < 0 for w in weights):
+    if not all(math.isfinite(w) and w >= 0 for w in weights) or not math.isclose(sum(weights), 1.0, abs_tol=1e-9):
         raise ValueError(f"mixing weights must be >= 0 and sum to 1, not {weights}")
     keys = set(states[0])
     for index, state in enumerate(states[1:], start=1):

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from gamma.verdict import Verdict, judge
+from gamma.verdict import Verdict, VerdictThresholds, judge
 from training.calibrate import Calibration, calibrate, main, write_calibration
 
 NO_MASK = np.zeros((4, 4), dtype=np.uint8)
@@ -151,8 +151,8 @@ def _evidence_of(images: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.
 
     evidence = MaskThresholdEvidence()
     for label, ai, manipulation, ai_target, manipulation_target in images:
-        cells = [(slice(0, ai.shape[0]), slice(0, ai.shape[1]))]
-        evidence.add(label, (ai, manipulation), (ai_target, manipulation_target), np.ones(ai.shape, bool), cells)
+        one_tile = manipulation[None]  # the image is its only tile
+        evidence.add(label, (ai, manipulation), (ai_target, manipulation_target), np.ones(ai.shape, bool), one_tile)
     return evidence
 
 
@@ -180,24 +180,53 @@ def _noisy_masks(seed: int = 0, side: int = 16):
 
 
 def test_mask_evidence_counts_as_pixel_counts_and_areas_as_serving() -> None:
-    from gamma.tiling import tile_area
+    """On overlapping tiles (a 700 px image under ``five``) the area curve is serving's per-tile area, not the
+    stitched mask's (which keeps the larger value where tiles overlap)."""
+    from gamma.tiling import MASK_STRIDE, combine_tiles, plan_tiles
+    from gamma.verdict import mask_level
     from training.metrics import MaskThresholdEvidence, PixelCounts
 
+    plan = plan_tiles(700, 700, "five")
+    assert plan.tiles_seen > 1
     rng = np.random.default_rng(3)
-    ai, manipulation = (rng.integers(0, 256, (8, 12), dtype=np.uint8) for _ in range(2))
-    ai_target, manipulation_target = (rng.random((8, 12)) for _ in range(2))
-
-    evidence = MaskThresholdEvidence()
-    tiles = [(slice(0, 8), slice(0, 6)), (slice(0, 8), slice(6, 12))]  # two side-by-side tiles
-    evidence.add(0, (ai, manipulation), (ai_target, manipulation_target), np.ones((8, 12), bool), tiles)
+    shape = (plan.tiles_seen, plan.tile_height // MASK_STRIDE, plan.tile_width // MASK_STRIDE)
+    ai = rng.integers(0, 256, shape, dtype=np.uint8)
+    manipulation = np.where(rng.random(shape) < 0.02, 255, 0).astype(np.uint8)  # sparse flags: overlaps matter
+    seen = plan.seen()
+    ai_target, manipulation_target = (rng.random(seen.shape) for _ in range(2))
     for pixel in (0.3, 0.5, 0.8):
-        level = round(pixel * 255)
+        outputs = combine_tiles(plan, np.full(plan.tiles_seen, 0.5), ai, manipulation, mask_pixel=pixel)
+        evidence = MaskThresholdEvidence()
+        evidence.add(0, (outputs.ai_mask, outputs.manipulation_mask), (ai_target, manipulation_target), seen,
+                     outputs.tile_manipulation_masks)  # fmt: skip
+        level = mask_level(pixel)
+        assert evidence.areas(level)[0] == pytest.approx(outputs.manipulated_area)  # what decide() is given
         counts = PixelCounts()
-        counts.update(ai > level, ai_target)  # flagged as serving flags (value above the level)
+        counts.update(outputs.ai_mask[seen] > level, ai_target[seen])  # flagged as serving flags
         assert evidence.pixel_f1(0, level) == pytest.approx(counts.f1)
-        per_tile = np.stack([manipulation[cells] for cells in tiles])
-        assert evidence.areas(level)[0] == pytest.approx(tile_area(per_tile, pixel))
-    assert evidence.manipulated == [True] and evidence.labels == [0]
+        assert evidence.manipulated == [True] and evidence.labels == [0]
+
+
+def test_without_mask_evidence_the_checkpoints_mask_thresholds_stay(tmp_path) -> None:
+    from gamma.config import GammaConfig
+    from gamma.verdict import VerdictThresholds
+
+    checkpoint, saved, labels, scores = _checkpoint_and_saved_scores(tmp_path, 6)  # a scores file without "masks"
+    config = GammaConfig.from_json(checkpoint / "config.json")
+    calibrated = VerdictThresholds(mask_pixel=0.7, manipulated_area=0.3)
+    config.replace(thresholds=calibrated).to_json(checkpoint / "config.json")
+    result = main(["--checkpoint", str(checkpoint), "--data", "x", "--scores", str(saved), "--report-only"])
+    assert result.masks is None
+    assert (result.thresholds.mask_pixel, result.thresholds.manipulated_area) == (0.7, 0.3)
+    assert result.thresholds.ai_probability == calibrate(labels, scores).thresholds.ai_probability
+
+
+def test_masks_without_any_signal_keep_the_default_pixel_threshold() -> None:
+    from training.calibrate import calibrate_masks
+
+    blank, zero = np.zeros((8, 8), np.uint8), np.zeros((8, 8))
+    masks = calibrate_masks(_evidence_of([(0, blank, blank, zero, zero)] * 4))
+    assert masks.mask_pixel == VerdictThresholds().mask_pixel and masks.manipulated_fpr == 0.0
 
 
 def test_mask_pixel_rises_above_false_flags_and_manipulated_keeps_the_target_rate() -> None:

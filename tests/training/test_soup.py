@@ -61,8 +61,9 @@ def test_other_architectures_and_bad_weights_are_refused(tmp_path: Path) -> None
     wider = _checkpoint(tmp_path / "wide", seed=1, config=MICRO_CONFIG.replace(decoder_hidden_size=32))
     with pytest.raises(WeightsError, match="architecture"):
         soup.soup([a, wider], [0.5, 0.5], tmp_path / "x")
-    with pytest.raises(ValueError, match="sum to 1"):
-        soup.soup([a, a], [0.5, 0.6], tmp_path / "y")
+    for weights in ([0.5, 0.6], [float("nan"), 1.0], [-0.5, 1.5]):
+        with pytest.raises(ValueError, match="sum to 1"):
+            soup.soup([a, a], weights, tmp_path / "y")
     with pytest.raises(SystemExit) as exit_info:  # the command: one line, no traceback
         soup.main(["--checkpoint", str(a), "--checkpoint", str(wider), "--weight", "0.5", "--out", str(tmp_path / "z")])
     assert exit_info.value.code == 2
