@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import sys
 from pathlib import Path
@@ -29,7 +28,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import torch
 
 from gamma.config import GammaConfig
-from gamma.weights import CONFIG_FILE, METADATA_FILE, WEIGHTS_FILE, WeightsError, resolve_checkpoint
+from gamma.weights import WeightsError, load_checkpoint, save_checkpoint
 
 
 def _architecture(config: GammaConfig) -> dict:
@@ -42,27 +41,18 @@ def _architecture(config: GammaConfig) -> dict:
 
 def interpolate_states(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
     """``sum_i weights[i] * states[i]`` per floating-point tensor (``weights`` sum to 1); other tensors from the
-    first state."""
+    first state. The states share one layout (:func:`soup` loads them as checkpoints of one architecture)."""
     if len(states) != len(weights) or len(states) < 2:
         raise ValueError("need at least two states and one weight each")
     if not all(math.isfinite(w) and w >= 0 for w in weights) or not math.isclose(sum(weights), 1.0, abs_tol=1e-9):
         raise ValueError(f"mixing weights must be >= 0 and sum to 1, not {weights}")
-    keys = set(states[0])
-    for index, state in enumerate(states[1:], start=1):
-        if set(state) != keys:
-            diff = sorted(keys ^ set(state))[:3]
-            raise WeightsError(f"checkpoint {index} has other tensors than checkpoint 0: {diff}")
     mixed = {}
     for key, first in states[0].items():
-        for index, state in enumerate(states[1:], start=1):
-            if state[key].shape != first.shape or state[key].dtype != first.dtype:
-                raise WeightsError(f"{key}: checkpoint {index} has {tuple(state[key].shape)} {state[key].dtype}, "
-                                   f"checkpoint 0 {tuple(first.shape)} {first.dtype}")  # fmt: skip
         if first.is_floating_point():
             total = torch.zeros_like(first, dtype=torch.float64)
             for weight, state in zip(weights, states, strict=True):
                 total += weight * state[key].to(torch.float64)
-            mixed[key] = total.to(first.dtype).contiguous()
+            mixed[key] = total.to(first.dtype)
         else:
             mixed[key] = first.clone()
     return mixed
@@ -70,33 +60,19 @@ def interpolate_states(states: list[dict[str, torch.Tensor]], weights: list[floa
 
 def soup(checkpoints: list[str | Path], weights: list[float], out: str | Path) -> Path:
     """Write the interpolation of ``checkpoints`` with ``weights`` to the checkpoint folder ``out``."""
-    from safetensors.torch import load_file, save_file
-
-    directories = [resolve_checkpoint(c) for c in checkpoints]
-    configs = [GammaConfig.from_json(d / CONFIG_FILE) for d in directories]
-    for directory, config in zip(directories[1:], configs[1:], strict=True):
-        if _architecture(config) != _architecture(configs[0]):
-            raise WeightsError(f"{directory}: another architecture than {directories[0]} (config differs)")
-    states = [load_file(str(d / WEIGHTS_FILE)) for d in directories]
-    mixed = interpolate_states(states, weights)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(mixed, str(out / WEIGHTS_FILE))
-    configs[0].to_json(out / CONFIG_FILE)
-    metadata_path = directories[0] / METADATA_FILE
-    metadata = json.loads(metadata_path.read_text()) if metadata_path.is_file() else {}
-    for measured in ("calibration", "metrics"):  # the first checkpoint's measurements do not describe the mix
-        metadata.pop(measured, None)
-    metadata["soup"] = {
-        "ingredients": [
-            {"checkpoint": str(d), "weight": w, "version": json.loads((d / METADATA_FILE).read_text()).get("version")
-             if (d / METADATA_FILE).is_file() else None}
-            for d, w in zip(directories, weights, strict=True)
-        ],
+    loaded = [load_checkpoint(c) for c in checkpoints]  # each refuses weights that do not fit its own config
+    for checkpoint in loaded[1:]:
+        if _architecture(checkpoint.config) != _architecture(loaded[0].config):
+            raise WeightsError(f"{checkpoint.path}: another architecture than {loaded[0].path} (config differs)")
+    model = loaded[0].model
+    model.load_state_dict(interpolate_states([c.model.state_dict() for c in loaded], weights))
+    metadata = {k: v for k, v in loaded[0].metadata.items() if k not in ("calibration", "metrics")}  # measured on
+    metadata["soup"] = {  # the first checkpoint, not on the mix
+        "ingredients": [{"checkpoint": str(c.path), "weight": w, "version": c.metadata.get("version")}
+                        for c, w in zip(loaded, weights, strict=True)],
         "rule": "training/soup.py: floating-point tensors interpolated, integer tensors from the first",
     }  # fmt: skip
-    (out / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
-    return out
+    return save_checkpoint(model, out, metadata)
 
 
 def main(argv: list[str] | None = None) -> Path:
