@@ -234,10 +234,14 @@ def infer_tiles(backend: InferenceBackend, images: Sequence[Tiles]) -> list[Tile
                 probability[image][tile] = outputs.probability[row]
                 ai[image][tile] = outputs.ai_mask[row]
                 manipulation[image][tile] = outputs.manipulation_mask[row]
-    mask_pixel = backend.thresholds.mask_pixel
+    thresholds = backend.thresholds
     return [
-        combine_tiles(tiles.plan, probability[i], ai[i], manipulation[i], mask_pixel) for i, tiles in enumerate(images)
-    ]
+        combine_tiles(
+            tiles.plan, probability[i], ai[i], manipulation[i], thresholds.mask_pixel,
+            manipulated_pixel=thresholds.manipulated_pixel_threshold,
+        )
+        for i, tiles in enumerate(images)
+    ]  # fmt: skip
 
 
 def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:

@@ -277,8 +277,10 @@ def combine_tiles(
     manipulation_masks: np.ndarray,
     mask_pixel: float,
     rule: str = AGGREGATION,
+    manipulated_pixel: float | None = None,
 ) -> TileOutputs:
-    """Per-tile outputs (N,), (N, h/4, w/4) x 2 -> the image's :class:`TileOutputs` (areas per :func:`tile_area`)."""
+    """Per-tile outputs (N,), (N, h/4, w/4) x 2 -> the image's :class:`TileOutputs` (areas per :func:`tile_area`:
+    the AI area at ``mask_pixel``, the manipulated area at ``manipulated_pixel``, by default ``mask_pixel``)."""
     probabilities = np.asarray(probabilities, dtype=np.float32).reshape(-1)
     ai, manipulation = stitch_masks(plan, ai_masks), stitch_masks(plan, manipulation_masks)
     head = aggregate_probability(probabilities, rule)
@@ -293,6 +295,6 @@ def combine_tiles(
         manipulation_mask=cap_mask(manipulation),
         tile_probabilities=probabilities,
         ai_area=tile_area(ai_masks, mask_pixel),
-        manipulated_area=tile_area(manipulation_masks, mask_pixel),
+        manipulated_area=tile_area(manipulation_masks, mask_pixel if manipulated_pixel is None else manipulated_pixel),
         tile_manipulation_masks=np.asarray(manipulation_masks),
     )

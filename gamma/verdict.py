@@ -28,24 +28,37 @@ class VerdictThresholds:
 
     ``ai_probability``: image probability at or above which an image is AI-generated.
     ``review_band``: half-width of the uncertainty band around ``ai_probability``; inside it, ``needs-review``.
-    ``mask_pixel``: per-pixel probability above which a mask pixel counts as flagged.
-    ``manipulated_area``: fraction of flagged manipulation-mask pixels above which a non-AI image is manipulated.
+    ``mask_pixel``: per-pixel probability above which a mask pixel counts as flagged (drawn masks, ``ai_area``).
+    ``manipulated_area``: fraction of manipulation-mask pixels above ``manipulated_pixel`` beyond which a non-AI image
+    is manipulated.
+    ``manipulated_pixel``: the per-pixel probability that ``manipulated_area`` counts from; ``None`` (checkpoints
+    calibrated before it existed): ``mask_pixel``. It is its own threshold because the pixel value that draws the
+    best mask (pixel F1) is not the one that best tells an edited photo from a plain one: a confident peak does that
+    far better than a wide, faint area (training/calibrate.py).
     """
 
     ai_probability: float = 0.5
     review_band: float = 0.1
     mask_pixel: float = 0.5
     manipulated_area: float = 0.01
+    manipulated_pixel: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("ai_probability", "mask_pixel", "manipulated_area"):
+        for name in ("ai_probability", "mask_pixel", "manipulated_area", "manipulated_pixel"):
             value = getattr(self, name)
+            if value is None and name == "manipulated_pixel":
+                continue
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"threshold {name}={value} outside [0, 1]")
         if not 0.0 <= self.review_band < 0.5:
             raise ValueError(f"review_band={self.review_band} outside [0, 0.5)")
 
-    def to_dict(self) -> dict[str, float]:
+    @property
+    def manipulated_pixel_threshold(self) -> float:
+        """The per-pixel probability ``manipulated_area`` is measured at."""
+        return self.mask_pixel if self.manipulated_pixel is None else self.manipulated_pixel
+
+    def to_dict(self) -> dict[str, float | None]:
         return dataclasses.asdict(self)
 
     @classmethod
@@ -94,7 +107,8 @@ def judge(
 ) -> Judgement:
     """Verdict for one image from its AI probability and its two mask probability maps (H,W)."""
     t = thresholds or VerdictThresholds()
-    return decide(probability, mask_area(ai_mask, t.mask_pixel), mask_area(manipulation_mask, t.mask_pixel), t)
+    manipulated = mask_area(manipulation_mask, t.manipulated_pixel_threshold)
+    return decide(probability, mask_area(ai_mask, t.mask_pixel), manipulated, t)
 
 
 def decide(

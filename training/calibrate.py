@@ -19,12 +19,26 @@ Rules (the same for every model; ``metadata.json`` records what they gave):
 - ``mask_pixel`` (a mask pixel counts as flagged above it; both masks): the value on a grid of 0.10 .. 0.90 (step
   0.05) that maximises the mean of the AI-mask and manipulation-mask pixel F1 over every seen validation pixel, real
   images' included, so false flags on real photos count against it.
-- ``manipulated_area`` (a non-AI image is ``manipulated`` when its flagged manipulation area, per tile, exceeds it):
-  the same false-positive rule as ``ai_probability``, on the plain real photos of validation (class 0, no
-  manipulated pixel): with probability ``fpr_confidence``, at most ``target_fpr`` of new ones are called
-  ``manipulated``. It is measured at the chosen ``mask_pixel``; the report gives the share of validation's manipulated
-  real images (copy-move, splicing) above it. Scores files written before mask evidence existed keep the mask
-  thresholds as they are (the report says so).
+- ``manipulated_area`` and ``manipulated_pixel`` (a non-AI image is ``manipulated`` when the share of its
+  manipulation-mask pixels above ``manipulated_pixel``, per tile, exceeds ``manipulated_area``): for each pixel value
+  on a grid of 0.10 .. 0.98 (step 0.02), the area threshold follows the same false-positive rule as
+  ``ai_probability``, on the plain real photos of validation (class 0, no manipulated pixel): with probability
+  ``fpr_confidence``, at most ``target_fpr`` of new ones are called ``manipulated``. Only photos whose AI score
+  leaves them to the area test (below the ``needs-review`` band) can be called so, and only their areas count:
+  version 8 set the area on every plain photo's, so the few its AI score had already called AI or sent for review,
+  whose manipulation masks are wide (that mask marks AI pixels too), set a threshold (68 % of a tile) that almost no
+  edited photo reached. Of those pairs the one that
+  calls the most of validation's manipulated real images (copy-move, splicing) ``manipulated`` is kept (ties: the
+  fewer plain photos called, then the lower pixel value), if it calls more than the area at ``mask_pixel`` does.
+  The pixel value is chosen apart from ``mask_pixel``: the value that draws the best mask (pixel F1) flags wide,
+  faint areas on plain photos too, while a small confident peak is what edited photos have and plain ones rarely
+  do (version 8 measured its area at ``mask_pixel`` and caught 2-5 % of copy-move and splicing at its 5 % rate).
+  Choosing among the grid's pairs on the same images makes the reported validation rate of manipulated images
+  caught optimistic; the plain-photo rate is each pair's own rule. Without manipulated validation images the area
+  is measured at ``mask_pixel`` (``manipulated_pixel`` unset). ``--whole-data`` adds whole validation pictures
+  (:mod:`training.data.whole_sources`): serving judges a large photo by its most flagged tile, so it is called
+  manipulated more often than a one-tile view; the rule then holds on the whole photos and on the views separately.
+  Scores files written before mask evidence existed keep the mask thresholds as they are (the report says so).
 
 Scores come from the serving contract (:mod:`gamma.preprocess` v2: native-resolution tiles of the default
 coverage, aggregated as serving does), exactly as production sees images, not from training's validation crops.
@@ -45,7 +59,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import numpy as np
 
-from gamma.verdict import VerdictThresholds, mask_level
+from gamma.verdict import Verdict, VerdictThresholds, decide, mask_level
 from training import metrics
 
 TARGET_FPR = 0.05
@@ -53,6 +67,7 @@ FPR_CONFIDENCE = 0.95
 REVIEW_COST = 0.25
 BAND_GRID = np.round(np.arange(0.0, 0.301, 0.01), 2)
 MASK_PIXEL_GRID = np.round(np.arange(0.10, 0.901, 0.05), 2)
+MANIPULATED_PIXEL_GRID = np.round(np.arange(0.10, 0.981, 0.02), 2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,14 +76,19 @@ class MaskCalibration:
 
     mask_pixel: float
     manipulated_area: float
+    manipulated_pixel: float | None  # None: the area is measured at mask_pixel
     ai_mask_f1: float  # pixel F1 at mask_pixel, over every seen validation pixel
     manipulation_mask_f1: float
     ai_mask_f1_at_default: float  # the same at the untrained default (VerdictThresholds().mask_pixel)
     manipulation_mask_f1_at_default: float
-    plain_real_count: int  # class-0 images with no manipulated pixel: the rule's negatives
+    plain_real_count: int  # class-0 images with no manipulated pixel: the rule's negatives (whole photos included)
+    whole_plain_count: int  # of which whole validation photos (``--whole-data``)
     manipulated_count: int  # class-0 images with manipulated pixels (copy-move, splicing)
-    manipulated_fpr: float  # share of the plain real photos whose area exceeds manipulated_area
-    manipulated_tpr: float  # share of the manipulated real images whose area exceeds it
+    manipulated_fpr: float  # share of the plain real photos called manipulated (area above it, below the band)
+    manipulated_tpr: float  # share of the manipulated real images called manipulated
+    # the same two rates when the area is measured at mask_pixel (version 8's rule), for comparison
+    manipulated_fpr_at_mask_pixel: float
+    manipulated_tpr_at_mask_pixel: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,9 +119,14 @@ class Calibration:
 
 def calibrate_masks(
     evidence: metrics.MaskThresholdEvidence, target_fpr: float = TARGET_FPR,
-    fpr_confidence: float | None = FPR_CONFIDENCE,
+    fpr_confidence: float | None = FPR_CONFIDENCE, reaches: np.ndarray | None = None,
+    whole: tuple[metrics.MaskThresholdEvidence, np.ndarray] | None = None,
 ) -> MaskCalibration:  # fmt: skip
-    """``mask_pixel`` and ``manipulated_area`` from validation's mask evidence (module docstring)."""
+    """``mask_pixel``, ``manipulated_area`` and ``manipulated_pixel`` from validation's mask evidence (module
+    docstring). ``reaches``: per evidence image, whether its AI score leaves it to the area test (below the
+    ``needs-review`` band: :func:`reaches_area_test`); None: every image does. ``whole``: the evidence of whole
+    validation pictures and their ``reaches``; their plain photos join the area rule's negatives (a photo served as
+    several tiles is judged by its most flagged tile, so it is called manipulated more often than a one-tile view)."""
     fpr_confidence = fpr_confidence or None
 
     def mean_f1(pixel: float) -> float:  # nan when neither mask has a flagged pixel or a flag at this level
@@ -115,33 +140,78 @@ def calibrate_masks(
         pixel = max(scored, key=lambda p: (np.nan_to_num(scored[p], nan=-1.0), -p))
     level, default = mask_level(pixel), mask_level(VerdictThresholds().mask_pixel)
     labels, manipulated = np.asarray(evidence.labels), np.asarray(evidence.manipulated, dtype=bool)
-    areas = evidence.areas(level)
-    plain, edited = areas[(labels == 0) & ~manipulated], areas[(labels == 0) & manipulated]
-    if plain.size == 0:
+    plain_rows, edited_rows = (labels == 0) & ~manipulated, (labels == 0) & manipulated
+    if not plain_rows.any():
         raise ValueError("mask calibration needs plain real validation images (class 0, no manipulated pixel)")
-    # decide() calls an image manipulated when its area is *above* the threshold: sitting on the (k+1)-th highest
-    # plain-real area lets exactly the k allowed ones (fewer with ties) exceed it
-    allowed = metrics.exceedances_allowed(int(plain.size), target_fpr, fpr_confidence)
-    area = float(np.sort(plain)[::-1][min(allowed, plain.size - 1)])
+    judged = np.ones(labels.size, bool) if reaches is None else np.asarray(reaches, bool)
+    whole_plain_count = 0
+    if whole is not None:
+        whole_evidence, whole_reaches = whole
+        whole_labels = np.asarray(whole_evidence.labels)
+        whole_rows = (whole_labels == 0) & ~np.asarray(whole_evidence.manipulated, dtype=bool)
+        whole_plain_count = int(whole_rows.sum())
+
+    def bound(plain: np.ndarray) -> float:
+        """The area threshold the umbrella rule gives on these plain photos' areas. decide() calls an image
+        manipulated when its area is *above* it: sitting on the (k+1)-th highest lets exactly the k allowed ones
+        (fewer with ties) exceed it."""
+        allowed = metrics.exceedances_allowed(int(plain.size), target_fpr, fpr_confidence)
+        return max(float(np.sort(plain)[::-1][min(allowed, plain.size - 1)]), 0.0)
+
+    def rule_at(manipulated_level: int) -> tuple[float, float, float]:
+        """(area threshold, plain photos called manipulated, manipulated ones called so) when pixels above the level
+        count; an image its AI score sends elsewhere is never called manipulated, whatever its area. With whole
+        photos the rate is bounded on them and on the views separately (the higher threshold): serving meets both,
+        and pooled, the few whole photos could all exceed within the views' allowance."""
+        areas = np.where(judged, evidence.areas(manipulated_level), -1.0)
+        plain, edited = areas[plain_rows], areas[edited_rows]
+        area = bound(plain)
+        if whole_plain_count:
+            whole_plain = np.where(whole_reaches, whole_evidence.areas(manipulated_level), -1.0)[whole_rows]
+            area = max(area, bound(whole_plain))
+            plain = np.concatenate([plain, whole_plain])
+        return area, float((plain > area).mean()), float((edited > area).mean()) if edited.size else float("nan")
+
+    at_mask_pixel = rule_at(level)
+    manipulated_pixel: float | None = None
+    area, fpr, tpr = at_mask_pixel
+    if edited_rows.any():
+        rules = {float(p): rule_at(mask_level(float(p))) for p in MANIPULATED_PIXEL_GRID}
+        best = max(rules, key=lambda p: (rules[p][2], -rules[p][1], -p))
+        if rules[best][2] > at_mask_pixel[2]:  # moved off mask_pixel only when that catches more edited photos
+            manipulated_pixel = best
+            area, fpr, tpr = rules[best]
     return MaskCalibration(
         mask_pixel=pixel,
         manipulated_area=area,
+        manipulated_pixel=manipulated_pixel,
         ai_mask_f1=evidence.pixel_f1(0, level),
         manipulation_mask_f1=evidence.pixel_f1(1, level),
         ai_mask_f1_at_default=evidence.pixel_f1(0, default),
         manipulation_mask_f1_at_default=evidence.pixel_f1(1, default),
-        plain_real_count=int(plain.size),
-        manipulated_count=int(edited.size),
-        manipulated_fpr=float((plain > area).mean()),
-        manipulated_tpr=float((edited > area).mean()) if edited.size else float("nan"),
+        plain_real_count=int(plain_rows.sum()) + whole_plain_count,
+        whole_plain_count=whole_plain_count,
+        manipulated_count=int(edited_rows.sum()),
+        manipulated_fpr=fpr,
+        manipulated_tpr=tpr,
+        manipulated_fpr_at_mask_pixel=at_mask_pixel[1],
+        manipulated_tpr_at_mask_pixel=at_mask_pixel[2],
     )
+
+
+def reaches_area_test(scores: np.ndarray, thresholds: VerdictThresholds) -> np.ndarray:
+    """Per score, whether :func:`gamma.verdict.decide` would look at the image's manipulated area (neither
+    ``ai-generated`` nor ``needs-review``): the plain photos it calls AI or sends for review cannot be called
+    manipulated, so they must not set the area threshold."""
+    return np.array([decide(float(p), 0.0, math.inf, thresholds).verdict is Verdict.MANIPULATED for p in scores])
 
 
 def with_masks(calibration: Calibration, masks: MaskCalibration) -> Calibration:
     """``calibration`` with the mask thresholds of ``masks`` in its thresholds."""
     thresholds = dataclasses.replace(
-        calibration.thresholds, mask_pixel=masks.mask_pixel, manipulated_area=masks.manipulated_area
-    )
+        calibration.thresholds, mask_pixel=masks.mask_pixel, manipulated_area=masks.manipulated_area,
+        manipulated_pixel=masks.manipulated_pixel,
+    )  # fmt: skip
     return dataclasses.replace(calibration, thresholds=thresholds, masks=masks)
 
 
@@ -237,6 +307,28 @@ def write_calibration(directory: Path, calibration: Calibration, data: str, cove
     metadata_path.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
 
 
+def _scores(
+    parser: argparse.ArgumentParser, directory: Path, weights: str, data: Path, scores_file: Path | None,
+    coverage: str | None,
+) -> tuple[np.ndarray, np.ndarray, metrics.MaskThresholdEvidence | None]:  # fmt: skip
+    """Labels, scores and mask evidence of ``data``: read from ``scores_file`` if it exists (and holds these
+    weights' scores), else through the contract, then written there."""
+    if scores_file is not None and scores_file.is_file():
+        saved = json.loads(scores_file.read_text())
+        if saved.get("weights_sha256", weights) != weights:  # files from before provenance carry none
+            parser.error(f"{scores_file} holds scores of other weights than {directory}'s: delete it to rescore")
+        evidence = metrics.MaskThresholdEvidence.from_dict(saved["masks"]) if "masks" in saved else None
+        if evidence is None:
+            print(f"{scores_file} holds no mask evidence: the mask thresholds stay as they are", file=sys.stderr)
+        return np.asarray(saved["labels"]), np.asarray(saved["scores"]), evidence
+    labels, scores, evidence = scores_through_contract(directory, data, coverage=coverage)
+    if scores_file is not None:
+        provenance = {"weights_sha256": weights, "data": str(data), "coverage": coverage}
+        saved = {**provenance, "labels": labels.tolist(), "scores": scores.tolist(), "masks": evidence.to_dict()}
+        scores_file.write_text(json.dumps(saved) + "\n")
+    return labels, scores, evidence
+
+
 def main(argv: list[str] | None = None) -> Calibration:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -251,6 +343,12 @@ def main(argv: list[str] | None = None) -> Calibration:
         default=None,
         help="a JSON file of labels and scores: read it if it exists, else write it after inference",
     )
+    parser.add_argument(
+        "--whole-data", type=Path, default=None,
+        help="whole validation pictures (python -m training.data.whole_sources): their plain photos, served as "
+        "several tiles each, join the manipulated-area rule",
+    )  # fmt: skip
+    parser.add_argument("--whole-scores", type=Path, default=None, help="as --scores, for --whole-data")
     parser.add_argument(
         "--fpr-confidence", type=float, default=FPR_CONFIDENCE,
         help="probability that new real images keep the false-positive target (0: the empirical quantile)",
@@ -269,20 +367,13 @@ def main(argv: list[str] | None = None) -> Calibration:
     torch.set_num_threads(args.threads)
     directory = resolve_checkpoint(args.checkpoint)
     weights = weights_digest(directory)
-    if args.scores is not None and args.scores.is_file():
-        saved = json.loads(args.scores.read_text())
-        if saved.get("weights_sha256", weights) != weights:  # files from before provenance carry none
-            parser.error(f"{args.scores} holds scores of other weights than {directory}'s: delete it to rescore")
-        labels, scores = np.asarray(saved["labels"]), np.asarray(saved["scores"])
-        evidence = metrics.MaskThresholdEvidence.from_dict(saved["masks"]) if "masks" in saved else None
-        if evidence is None:
-            print(f"{args.scores} holds no mask evidence: the mask thresholds stay as they are", file=sys.stderr)
-    else:
-        labels, scores, evidence = scores_through_contract(directory, args.data, coverage=args.coverage)
-        if args.scores is not None:
-            provenance = {"weights_sha256": weights, "data": str(args.data), "coverage": args.coverage}
-            saved = {**provenance, "labels": labels.tolist(), "scores": scores.tolist(), "masks": evidence.to_dict()}
-            args.scores.write_text(json.dumps(saved) + "\n")
+    labels, scores, evidence = _scores(parser, directory, weights, args.data, args.scores, args.coverage)
+    whole = None
+    if args.whole_data is not None:
+        _, whole_scores, whole_evidence = _scores(
+            parser, directory, weights, args.whole_data, args.whole_scores, args.coverage
+        )
+        whole = (whole_evidence, whole_scores) if whole_evidence is not None else None
     from gamma.config import GammaConfig
     from gamma.weights import CONFIG_FILE
 
@@ -291,7 +382,10 @@ def main(argv: list[str] | None = None) -> Calibration:
     result = calibrate(labels, scores, base=current, fpr_confidence=args.fpr_confidence)
     if evidence is not None:
         try:
-            result = with_masks(result, calibrate_masks(evidence, fpr_confidence=args.fpr_confidence))
+            reaches = reaches_area_test(scores, result.thresholds)
+            whole_photos = None if whole is None else (whole[0], reaches_area_test(whole[1], result.thresholds))
+            masks = calibrate_masks(evidence, fpr_confidence=args.fpr_confidence, reaches=reaches, whole=whole_photos)
+            result = with_masks(result, masks)
         except ValueError as error:  # e.g. every real validation image is an edit: nothing to bound the rate on
             print(f"mask thresholds stay as they are: {error}", file=sys.stderr)
     if not args.report_only:

@@ -274,3 +274,116 @@ def test_mask_calibration_needs_plain_real_photos() -> None:
     edited = np.full((8, 8), 200, np.uint8)
     with pytest.raises(ValueError, match="plain real"):  # main() then keeps the mask thresholds and says so
         calibrate_masks(_evidence_of([(0, edited, edited, np.zeros((8, 8)), region)] * 3))
+
+
+def _peak_masks(seed: int = 0, side: int = 16):
+    """Plain photos whose manipulation masks carry a wide faint area (~150 of 255 on 30 % of pixels) and edited ones
+    with the same plus a small confident peak (250 on 4 pixels, 1.6 %); AI images whose AI masks are faint too,
+    so the best-F1 mask_pixel sits low, where the faint areas of plain photos swamp the peak."""
+    rng = np.random.default_rng(seed)
+    zero, region = np.zeros((side, side)), np.zeros((side, side))
+    region[2:4, 2:4] = 1.0
+
+    def faint(share: float = 0.3) -> np.ndarray:
+        values = rng.integers(0, 40, (side, side))
+        values[rng.random((side, side)) < share] = 150
+        return values.astype(np.uint8)
+
+    images = [(0, faint(0.0), faint(), zero, zero) for _ in range(80)]
+    for _ in range(40):
+        manipulation = faint()
+        manipulation[region >= 0.5] = 250
+        images.append((0, faint(0.0), manipulation, zero, region))
+    for _ in range(40):
+        ai = faint(0.0)
+        ai[4:12, 4:12] = 150  # AI regions the AI mask marks at ~0.59
+        target = np.zeros((side, side))
+        target[4:12, 4:12] = 1.0
+        images.append((1, ai, faint(0.0), target, zero))
+    return _evidence_of(images)
+
+
+def test_manipulated_pixel_moves_to_the_confident_peak_that_tells_edits_from_plain_photos() -> None:
+    from gamma.verdict import decide, mask_level
+    from training.calibrate import calibrate_masks, with_masks
+
+    evidence = _peak_masks()
+    masks = calibrate_masks(evidence)
+    assert masks.mask_pixel < 0.59  # the AI masks' best F1 flags their faint regions
+    assert masks.manipulated_tpr_at_mask_pixel < 0.2  # there the plain photos' faint areas hide the edits
+    assert masks.manipulated_pixel is not None and masks.manipulated_pixel > 0.59
+    assert masks.manipulated_tpr == 1.0 and masks.manipulated_fpr <= 0.05
+    thresholds = with_masks(calibrate(*_scores(0)), masks).thresholds
+    assert thresholds.manipulated_pixel == masks.manipulated_pixel
+    areas = evidence.areas(mask_level(thresholds.manipulated_pixel_threshold))
+    verdicts = [decide(0.0, 0.0, a, thresholds).verdict for a, label in zip(areas, evidence.labels) if label == 0]
+    assert sum(v is Verdict.MANIPULATED for v in verdicts) == 40  # exactly the 40 edited photos
+
+
+def test_manipulated_pixel_stays_unset_when_mask_pixel_already_catches_every_edit() -> None:
+    from training.calibrate import calibrate_masks
+
+    masks = calibrate_masks(_noisy_masks())
+    assert masks.manipulated_tpr_at_mask_pixel == 1.0 and masks.manipulated_pixel is None
+
+
+def test_plain_photos_the_ai_score_sends_elsewhere_do_not_set_the_manipulated_area() -> None:
+    """Ten plain photos with wide manipulation masks whose AI score already makes them `ai-generated` or
+    `needs-review`: they can never be called manipulated, so they must not push the area above the edits'."""
+    from training.calibrate import calibrate_masks, reaches_area_test
+
+    zero, region = np.zeros((16, 16)), np.zeros((16, 16))
+    region[:4] = 1.0  # 25 % of the tile
+    wide = np.full((16, 16), 255, np.uint8)
+    edited = np.where(region >= 0.5, 255, 0).astype(np.uint8)
+    clean = np.zeros((16, 16), np.uint8)
+    images = [(0, clean, wide, zero, zero)] * 10 + [(0, clean, clean, zero, zero)] * 90
+    images += [(0, clean, edited, zero, region)] * 20
+    evidence = _evidence_of(images)
+    thresholds = VerdictThresholds(ai_probability=0.6, review_band=0.1)
+    scores = np.array([0.9] * 10 + [0.1] * 110)  # the ten wide ones score as AI
+    reaches = reaches_area_test(scores, thresholds)
+    assert reaches.tolist() == [False] * 10 + [True] * 110
+    blind = calibrate_masks(evidence)
+    assert blind.manipulated_tpr == 0.0  # every plain area counted: the ten wide ones set the threshold
+    judged = calibrate_masks(evidence, reaches=reaches)
+    assert judged.manipulated_tpr == 1.0 and judged.manipulated_fpr == 0.0
+
+
+def test_whole_photos_bound_the_manipulated_rate_on_their_own() -> None:
+    """Views of one tile are clean, but 3 of 28 whole photos (judged by their most flagged tile) carry a 10 %
+    flagged area: pooled they would fit the views' allowance, so the rule bounds them separately."""
+    from training.calibrate import calibrate_masks
+
+    zero, region = np.zeros((16, 16)), np.zeros((16, 16))
+    region[:2] = 1.0  # 12.5 %
+    clean = np.zeros((16, 16), np.uint8)
+    edited = np.where(region >= 0.5, 255, 0).astype(np.uint8)
+    views = _evidence_of([(0, clean, clean, zero, zero)] * 160 + [(0, clean, edited, zero, region)] * 20)
+    blotch = np.zeros((16, 16), np.uint8)
+    blotch[:1, :] = 255
+    blotch[1, :10] = 255  # 26 of 256 pixels: 10 %
+    whole = _evidence_of([(0, clean, blotch, zero, zero)] * 3 + [(0, clean, clean, zero, zero)] * 25)
+    alone = calibrate_masks(views)
+    assert alone.manipulated_area == 0.0 and alone.whole_plain_count == 0
+    both = calibrate_masks(views, whole=(whole, np.ones(28, bool)))
+    assert both.whole_plain_count == 28 and both.plain_real_count == 188
+    assert both.manipulated_area >= 26 / 256  # none of the whole photos is called manipulated
+    assert both.manipulated_fpr == 0.0 and both.manipulated_tpr == 1.0  # the 12.5 % edits still are
+
+
+def test_calibration_with_whole_photos_scores_them_through_the_contract_and_saves_them(tmp_path) -> None:
+    from gamma.model import GammaModel
+    from gamma.weights import save_checkpoint
+    from tests.fixtures.models import MICRO_CONFIG
+    from tests.training.synthetic import write_pattern_set
+
+    data = write_pattern_set(tmp_path / "data", n_train=0, n_val=8)
+    save_checkpoint(GammaModel(MICRO_CONFIG), tmp_path / "m", {"name": "m", "version": 1})
+    whole_scores = tmp_path / "whole.json"
+    argv = ["--checkpoint", str(tmp_path / "m"), "--data", str(data / "val.jsonl"), "--report-only", "--threads",
+            "1", "--whole-data", str(data / "val.jsonl"), "--whole-scores", str(whole_scores)]  # fmt: skip
+    result = main(argv)
+    assert result.masks is not None and result.masks.whole_plain_count == 4 and result.masks.plain_real_count == 8
+    assert json.loads(whole_scores.read_text())["data"] == str(data / "val.jsonl")
+    assert json.dumps(main(argv).to_dict(), sort_keys=True) == json.dumps(result.to_dict(), sort_keys=True)

@@ -83,7 +83,7 @@ def test_verdict_uses_backend_outputs_and_thresholds(detector: Detector) -> None
     expected = decide(
         1 / (1 + np.exp(-np.log(probability / (1 - probability)).mean())),
         max(mask_area(tile, thresholds.mask_pixel) for tile in ai),
-        max(mask_area(tile, thresholds.mask_pixel) for tile in manipulation),
+        max(mask_area(tile, thresholds.manipulated_pixel_threshold) for tile in manipulation),
         thresholds,
     )
     assert result.judgement is not None

@@ -262,6 +262,15 @@ def test_cap_mask_bounds_the_side_and_keeps_flags() -> None:
     assert cap_mask(np.ones((40, 10), np.uint8), max_side=16).shape == (14, 4)  # factor 3, padded up
 
 
+def test_combine_tiles_measures_the_manipulated_area_at_its_own_pixel_threshold() -> None:
+    plan = plan_tiles(512, 512, Coverage.CENTRE)
+    faint = np.full((1, 128, 128), 150, np.uint8)  # 0.59: flagged at 0.5, not at 0.9
+    default = combine_tiles(plan, np.array([0.2]), faint, faint, mask_pixel=0.5)
+    strict = combine_tiles(plan, np.array([0.2]), faint, faint, mask_pixel=0.5, manipulated_pixel=0.9)
+    assert default.manipulated_area == pytest.approx(1.0) and strict.manipulated_area == 0.0
+    assert default.ai_area == strict.ai_area == pytest.approx(1.0)
+
+
 def test_combine_tiles_measures_areas_in_the_most_affected_tile() -> None:
     plan = plan_tiles(1600, 1200, Coverage.CENTRE)
     flagged = np.full((1, 128, 128), 255, np.uint8)

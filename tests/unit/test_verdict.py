@@ -72,3 +72,28 @@ def test_thresholds_are_configurable_and_validated() -> None:
         VerdictThresholds(review_band=0.6)
     with pytest.raises(ValueError, match="ai_probability"):
         VerdictThresholds(ai_probability=1.5)
+
+
+def test_manipulated_area_is_measured_at_its_own_pixel_threshold() -> None:
+    """A wide faint area does not make an image manipulated when ``manipulated_pixel`` asks for confident pixels;
+    a small confident peak does. ``ai_area`` stays at ``mask_pixel``."""
+    t = VerdictThresholds(mask_pixel=0.5, manipulated_area=0.02, manipulated_pixel=0.95)
+    faint = np.full((10, 10), 0.6)
+    peak = faint.copy()
+    peak[:1] = 0.99  # 10 % of the pixels
+    assert judge(0.1, faint, faint, t).verdict is Verdict.REAL
+    assert judge(0.1, faint, faint, t).ai_area == pytest.approx(1.0)
+    assert judge(0.1, CLEAN, peak, t).verdict is Verdict.MANIPULATED
+    assert judge(0.1, CLEAN, peak, t).manipulated_area == pytest.approx(0.1)
+
+
+def test_unset_manipulated_pixel_is_mask_pixel_as_older_checkpoints_were_judged() -> None:
+    older = VerdictThresholds.from_dict({"ai_probability": 0.6, "review_band": 0.1, "mask_pixel": 0.3,
+                                         "manipulated_area": 0.02})  # fmt: skip
+    assert older.manipulated_pixel is None and older.manipulated_pixel_threshold == 0.3
+    faint = np.full((10, 10), 0.4)
+    assert judge(0.1, CLEAN, faint, older).verdict is Verdict.MANIPULATED
+    newer = VerdictThresholds(mask_pixel=0.3, manipulated_pixel=0.9)
+    assert VerdictThresholds.from_dict(newer.to_dict()) == newer
+    with pytest.raises(ValueError, match="manipulated_pixel"):
+        VerdictThresholds(manipulated_pixel=1.5)
