@@ -3,7 +3,9 @@
 ``SCORES`` are the JSON files ``calibrate.py --scores`` writes (labels and probabilities in manifest order, through
 serving's tiles); each is read with the thresholds of the checkpoint named by ``--checkpoint`` (one per file, in
 order; default: none, so only the mean score and the share above 0.5). Used for the model card's per-kind tables,
-e.g. how often a real patch pasted like the DCGAN faces (``feathered_splicing``) is called ``ai-generated``.
+e.g. how often a real patch pasted like the DCGAN faces (``feathered_splicing``) is called ``ai-generated``. When the
+file holds mask evidence (written since version 8), also the share called ``manipulated``, from each image's
+manipulated area at the thresholds' ``manipulated_pixel`` and :func:`gamma.verdict.decide`, as serving decides.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from gamma.verdict import VerdictThresholds
+from gamma.verdict import Verdict, VerdictThresholds, decide, mask_level
 from gamma.weights import load_checkpoint
 from training.evaluate import verdict_rates
+from training.metrics import MaskThresholdEvidence
 
 
 def kind_rates(manifest: Path, scores: Path, thresholds: VerdictThresholds | None = None) -> dict[str, dict]:
@@ -26,9 +29,14 @@ def kind_rates(manifest: Path, scores: Path, thresholds: VerdictThresholds | Non
     labels, values = saved["labels"], saved["scores"]
     if len(values) != len(rows) or [row["label"] for row in rows] != list(labels):
         raise SystemExit(f"kind_rates: {scores} does not follow {manifest} row for row (was an image refused?)")
-    by_kind: dict[str, list[tuple[int, float]]] = defaultdict(list)
-    for row, value in zip(rows, values):
-        by_kind[row["kind"]].append((row["label"], value))
+    manipulated = [False] * len(rows)
+    if thresholds is not None and "masks" in saved:
+        evidence = MaskThresholdEvidence.from_dict(saved["masks"])
+        areas = evidence.areas(mask_level(thresholds.manipulated_pixel_threshold))
+        manipulated = [decide(v, 0.0, a, thresholds).verdict is Verdict.MANIPULATED for v, a in zip(values, areas)]
+    by_kind: dict[str, list[tuple[int, float, bool]]] = defaultdict(list)
+    for row, value, called in zip(rows, values, manipulated):
+        by_kind[row["kind"]].append((row["label"], value, called))
     out = {}
     for kind, found in sorted(by_kind.items()):
         kind_labels, array = np.asarray([f[0] for f in found]), np.asarray([f[1] for f in found])
@@ -39,6 +47,8 @@ def kind_rates(manifest: Path, scores: Path, thresholds: VerdictThresholds | Non
         if thresholds is not None:  # the checkpoint's verdicts, as evaluate.py counts them
             rates = verdict_rates(kind_labels, array, thresholds)["ai" if kind_labels[0] else "real"]
             entry.update(ai_generated=rates["ai_generated"], needs_review=rates["needs_review"])
+            if "masks" in saved:
+                entry["manipulated"] = float(np.mean([f[2] for f in found]))
         out[kind] = entry
     return out
 

@@ -37,3 +37,25 @@ def test_scores_of_another_manifest_are_refused(tmp_path: Path) -> None:
     saved.write_text(json.dumps({"labels": [1, 0], "scores": [0.2, 0.8]}))
     with pytest.raises(SystemExit, match="row for row"):
         kind_rates(manifest, saved)
+
+
+def test_with_mask_evidence_the_manipulated_share_is_decided_as_serving_decides(tmp_path: Path) -> None:
+    """Areas at ``manipulated_pixel`` from the saved evidence; an image its AI score calls AI is never manipulated."""
+    import numpy as np
+
+    from training.metrics import MaskThresholdEvidence
+
+    kinds, labels, scores = ["real", "splicing", "splicing", "splicing"], [0, 0, 0, 0], [0.1, 0.1, 0.1, 0.95]
+    manifest, saved = _write(tmp_path, kinds, labels, scores)
+    evidence, clean, zero = MaskThresholdEvidence(), np.zeros((8, 8), np.uint8), np.zeros((8, 8))
+    faint, peak = np.full((8, 8), 150, np.uint8), np.zeros((8, 8), np.uint8)
+    peak[0, :4] = 250  # 6 % of the tile, confident
+    for mask in (faint, faint, peak, peak):
+        evidence.add(0, (clean, mask), (zero, zero), np.ones((8, 8), bool), mask[None])
+    saved.write_text(json.dumps({"labels": labels, "scores": scores, "masks": evidence.to_dict()}))
+    thresholds = VerdictThresholds(ai_probability=0.7, review_band=0.2, manipulated_area=0.05, manipulated_pixel=0.9)
+    rates = kind_rates(manifest, saved, thresholds)
+    assert rates["real"]["manipulated"] == 0.0  # a wide faint area: nothing above 0.9
+    assert rates["splicing"]["manipulated"] == pytest.approx(1 / 3)  # the peak below the band; the AI-scored one not
+    at_mask_pixel = kind_rates(manifest, saved, VerdictThresholds(0.7, 0.2, 0.5, 0.05))
+    assert at_mask_pixel["real"]["manipulated"] == 1.0
