@@ -49,7 +49,7 @@ from gamma.inference import TorchBackend, infer_tiles
 from gamma.model import GammaModel
 from gamma.preprocess import ImageRejected
 from gamma.tiling import AGGREGATION, MASK_STRIDE, Coverage, parse_coverage
-from gamma.verdict import VerdictThresholds, mask_level
+from gamma.verdict import Verdict, VerdictThresholds, decide, mask_level
 from gamma.weights import DEFAULT_MODEL, load_checkpoint
 from training.data import datasets
 from training.data.builders import ViewSpec
@@ -138,6 +138,7 @@ class Predictions:
     scores: list[float] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     groups: list[str] = field(default_factory=list)
+    manipulated_areas: list[float] = field(default_factory=list)  # serving's, at the checkpoint's manipulated_pixel
     ai_pixels: dict[str, PixelCounts] = field(default_factory=lambda: defaultdict(PixelCounts))
     manipulation_pixels: dict[str, PixelCounts] = field(default_factory=lambda: defaultdict(PixelCounts))
 
@@ -200,6 +201,7 @@ def predict(
             out.scores.append(result.probability)
             out.labels.append(int(label))
             out.groups.append(group)
+            out.manipulated_areas.append(result.manipulated_area)
             seen = tiles.plan.seen()
             targets = []
             for channel, predicted, counts in ((0, result.ai_mask, out.ai_pixels),
@@ -311,6 +313,15 @@ def verdict_rates(labels: np.ndarray, scores: np.ndarray, thresholds: VerdictThr
     return rates
 
 
+def manipulated_by_group(predictions: Predictions, thresholds: VerdictThresholds) -> dict[str, float]:
+    """Per group (a manifest's ``kind``), the share serving calls ``manipulated``: for plain real photos the false
+    verdicts, for copy-move and splicing the edits found."""
+    called: dict[str, list[bool]] = defaultdict(list)
+    for group, score, area in zip(predictions.groups, predictions.scores, predictions.manipulated_areas):
+        called[group].append(decide(score, 0.0, area, thresholds).verdict is Verdict.MANIPULATED)
+    return {group: float(np.mean(flags)) for group, flags in sorted(called.items())}
+
+
 def print_report(report: dict[str, Any], console: Console | None = None) -> None:
     """The clean and size-matched tables and the robustness sweep (overall accuracy / ROC-AUC per level)."""
     if console is None:
@@ -325,6 +336,8 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
                       f"{rates['real']['ai_generated']:.1%}, needs-review {rates['real']['needs_review']:.1%}; "
                       f"AI images called ai-generated {rates['ai']['ai_generated']:.1%}, needs-review "
                       f"{rates['ai']['needs_review']:.1%}")  # fmt: skip
+        manipulated = rates.get("manipulated_by_group", {})
+        console.print("called manipulated: " + ", ".join(f"{kind} {share:.1%}" for kind, share in manipulated.items()))
     if "size_matched" in report:
         console.print(report_table("size-matched (both classes downscaled to one short-side range)",
                                    report["size_matched"]))  # fmt: skip
@@ -374,6 +387,7 @@ def evaluate(
     clean = predict(model, GammaDataset(samples), batch_size, progress, "clean", coverage)
     report["clean"] = clean.metrics()
     report["verdicts"] = verdict_rates(np.asarray(clean.labels), np.asarray(clean.scores), loaded.config.thresholds)
+    report["verdicts"]["manipulated_by_group"] = manipulated_by_group(clean, loaded.config.thresholds)
     if size_matched_variant:
         matched = GammaDataset(samples, degrade=size_matched())
         report["size_matched"] = predict(model, matched, batch_size, progress, "size-matched", coverage).metrics()
