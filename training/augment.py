@@ -9,6 +9,7 @@ which is applied to the masks too.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,3 +51,20 @@ class Augment:
     def from_dict(cls, data: dict) -> Augment:
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**values)
+
+
+def content_only(size: int = 64) -> Callable[[np.ndarray], np.ndarray]:
+    """Shrink so the short side is ``size`` px (aspect kept; box pre-reduction + Lanczos), then bicubic back up to
+    the original size: content, colour and layout survive, pixel-level traces (noise, demosaicing, upsampling and
+    compression grids) do not. An image whose short side is already <= ``size`` is returned unchanged."""
+
+    def apply(rgb: np.ndarray) -> np.ndarray:
+        height, width = rgb.shape[:2]
+        if min(height, width) <= size:
+            return rgb
+        scale = size / min(height, width)
+        small = (max(size, round(width * scale)), max(size, round(height * scale)))
+        image = Image.fromarray(rgb).resize(small, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        return np.asarray(image.resize((width, height), Image.Resampling.BICUBIC))
+
+    return apply

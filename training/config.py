@@ -50,6 +50,9 @@ class TrainConfig:
     # a crop that misses a local edit's AI region is class 0 (GammaDataset's crop_labels); off by default, so that
     # presets trained before it (gamma-local-effl0 versions 1-6) replay as they ran
     crop_labels: bool = False
+    # the chance a training sample is shown content-only (64 px and back) with class target 0.5 (GammaDataset's
+    # content_only_prob): a regulariser against reading the class from content; off by default
+    content_only_prob: float = 0.0
     # also save each epoch's validated weights in <out>/epochs/<n>/ (a checkpoint folder each), so that a run's
     # trajectory can be averaged afterwards (training/soup.py; MODEL_CARD: version 8's candidates)
     keep_epochs: bool = False

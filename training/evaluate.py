@@ -51,6 +51,7 @@ from gamma.preprocess import ImageRejected
 from gamma.tiling import AGGREGATION, MASK_STRIDE, Coverage, parse_coverage
 from gamma.verdict import Verdict, VerdictThresholds, decide, mask_level
 from gamma.weights import DEFAULT_MODEL, load_checkpoint
+from training.augment import content_only
 from training.data import datasets
 from training.data.builders import ViewSpec
 from training.data.datasets import GammaDataset, Sample
@@ -100,23 +101,6 @@ def size_matched(short_side: tuple[int, int] = ViewSpec().short_side) -> Degrade
         scale = target / min(height, width)
         size = (max(target, round(width * scale)), max(target, round(height * scale)))
         return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0))
-
-    return apply
-
-
-def content_only(size: int = 64) -> Degrade:
-    """Shrink so the short side is ``size`` px (aspect kept; box pre-reduction + Lanczos), then bicubic back up to
-    the original size: content, colour and layout survive, pixel-level traces (noise, demosaicing, upsampling and
-    compression grids) do not. An image whose short side is already <= ``size`` is returned unchanged."""
-
-    def apply(rgb: np.ndarray) -> np.ndarray:
-        height, width = rgb.shape[:2]
-        if min(height, width) <= size:
-            return rgb
-        scale = size / min(height, width)
-        small = (max(size, round(width * scale)), max(size, round(height * scale)))
-        image = Image.fromarray(rgb).resize(small, Image.Resampling.LANCZOS, reducing_gap=3.0)
-        return np.asarray(image.resize((width, height), Image.Resampling.BICUBIC))
 
     return apply
 

@@ -126,7 +126,7 @@ class Trainer:
         self.accumulation = config.accumulation(info.world_size)
         self.train_set = GammaDataset(
             splits["train"], config.train_crop, train=True, augment=config.augment, seed=config.seed,
-            crop_labels=config.crop_labels,
+            crop_labels=config.crop_labels, content_only_prob=config.content_only_prob,
         )  # fmt: skip
         self.val_set = GammaDataset(splits["val"], config.val_crop, crop_labels=config.crop_labels)
         self.epoch, self.best_accuracy, self.bad_epochs, self.elapsed = 0, -math.inf, 0, 0.0

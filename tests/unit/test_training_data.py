@@ -177,6 +177,31 @@ def test_crop_labels_follow_the_pixels_a_crop_holds(tmp_path: Path) -> None:
     assert datasets.GammaDataset([edit], crop=64)[0][1].item() == 1.0
 
 
+def test_content_only_views_keep_their_masks_and_carry_no_class(tmp_path: Path) -> None:
+    """With ``content_only_prob`` a training sample is sometimes shown as the content-only control shows it (64 px
+    and back, before alignment) with class target 0.5; at 0 nothing changes, and validation never sees it."""
+    from training.augment import content_only
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (160, 200, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    sample = datasets.Sample(tmp_path / "a.png", 1, "all", "all", "synthetic")
+    plain = Augment(blur_prob=0, jpeg_prob=0, jitter_prob=0, flip_prob=0)
+    always = datasets.GammaDataset([sample], crop=96, train=True, augment=plain, content_only_prob=1.0)
+    control = datasets.GammaDataset([sample], crop=96, train=True, augment=plain, degrade=content_only(64))
+    image, target, ai, _ = always[0]
+    assert target.item() == 0.5 and ai.min().item() == 1.0
+    assert torch.equal(image, control[0][0])  # the control's pixels, the same crop
+    never = datasets.GammaDataset([sample], crop=96, train=True, augment=plain, content_only_prob=0.0)
+    before = datasets.GammaDataset([sample], crop=96, train=True, augment=plain)
+    some = datasets.GammaDataset([sample] * 200, crop=96, train=True, augment=plain, content_only_prob=0.25)
+    assert torch.equal(never[0][0], before[0][0]) and never[0][1].item() == 1.0
+    shown = sum(some.shows_content_only(i) for i in range(200))
+    assert 25 < shown < 75
+    assert not datasets.GammaDataset([sample], crop=96, content_only_prob=1.0).shows_content_only(0)  # validation
+    with pytest.raises(ValueError, match="content_only_prob"):
+        datasets.GammaDataset([sample], crop=96, content_only_prob=1.5)
+
+
 def test_train_set_override_parses_booleans() -> None:
     """--set crop_labels=false must mean False (bool("false") is True)."""
     from training.train import _overrides

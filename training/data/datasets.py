@@ -25,7 +25,7 @@ from PIL import Image
 
 from gamma import preprocess as contract
 from gamma.tiling import MIN_SIDE, TILE_SIZE, Coverage, parse_coverage, plan_tiles
-from training.augment import Augment
+from training.augment import Augment, content_only
 from training.labels import label_of
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
@@ -170,6 +170,9 @@ def _pad_to(both: np.ndarray, size: int) -> np.ndarray:
     return np.pad(both, ((0, max(size - height, 0)), (0, max(size - width, 0)), (0, 0)))
 
 
+CONTENT_ONLY_SIZE = 64  # the content-only control's short side (training/evaluate.py --content-size default)
+
+
 class GammaDataset(torch.utils.data.Dataset):
     """Sample -> (image (3,S,S) uint8, label float, AI mask (1,S,S) float, manipulation mask (1,S,S) float).
 
@@ -186,17 +189,29 @@ class GammaDataset(torch.utils.data.Dataset):
     means some pixel was made by a network, and no such pixel is there. Without it a 192-px crop of a 384-px view
     that misses a pasted face still says "AI", which teaches the classifier that plain real content is AI. Samples
     whose AI mask is all ones or none keep their class.
+
+    ``content_only_prob`` (training only): the chance that a sample is shown as its content-only version (the
+    content-only control's shrink to a 64-px short side and back, :func:`training.augment.content_only`, before
+    alignment) with class target 0.5: its content stays, its pixel-level traces are gone, so it says nothing about
+    whether a network made the pixels. Training then cannot lower its loss by reading the class from content alone
+    (the scene, the style), which is what the content-only control measures. Masks keep their targets. A separate
+    random stream decides, so at 0 every other draw is as before.
     """
 
     def __init__(
         self, samples: Sequence[Sample], crop: int = TILE_SIZE, train: bool = False,
         augment: Augment | None = None, seed: int = 0, padding: int = 1,
         degrade: Callable[[np.ndarray], np.ndarray] | None = None, crop_labels: bool = False,
+        content_only_prob: float = 0.0,
     ) -> None:  # fmt: skip
         self.samples = list(samples)
         self.crop, self.train, self.augment, self.seed, self.padding = crop, train, augment, seed, padding
         self.degrade = degrade
         self.crop_labels = crop_labels
+        if not 0.0 <= content_only_prob <= 1.0:
+            raise ValueError(f"content_only_prob={content_only_prob} outside [0, 1]")
+        self.content_only_prob = content_only_prob
+        self._content_only = content_only(CONTENT_ONLY_SIZE)
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -207,6 +222,12 @@ class GammaDataset(torch.utils.data.Dataset):
 
     def _rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, index])
+
+    def shows_content_only(self, index: int) -> bool:
+        """Whether this epoch shows sample ``index`` as its content-only version (training only)."""
+        if not (self.train and self.content_only_prob > 0.0):
+            return False
+        return bool(np.random.default_rng([self.seed, self.epoch, index, 1]).random() < self.content_only_prob)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, int]:
         """Aligned full image (H, W, 3) and its masks (H, W, 2) before cropping, and the label."""
@@ -220,6 +241,8 @@ class GammaDataset(torch.utils.data.Dataset):
             rgb, masks = self.augment(rgb, masks, self._rng(index))
         if self.degrade is not None:
             rgb = np.ascontiguousarray(self.degrade(rgb))
+        if self.shows_content_only(index):
+            rgb = np.ascontiguousarray(self._content_only(rgb))
         if masks.shape[:2] != rgb.shape[:2]:  # a degrade that changed the size: masks follow (nearest)
             masks = _resize_masks(masks, (rgb.shape[1], rgb.shape[0]))
         return contract.align_format(rgb), masks, sample.label
@@ -242,6 +265,7 @@ class GammaDataset(torch.utils.data.Dataset):
             both = contract.center_crop(both, self.crop)
         if self.crop_labels and label == 1 and has_region(self.samples[index].ai_mask) and not both[..., 3].any():
             label = 0  # the crop missed the edited region: every pixel in it is real
+        target = 0.5 if self.shows_content_only(index) else float(label)
         chw = torch.from_numpy(np.ascontiguousarray(both.transpose(2, 0, 1)))
         masks_t = chw[3:].float() / 255.0
-        return chw[:3].contiguous(), torch.tensor(float(label)), masks_t[:1], masks_t[1:]
+        return chw[:3].contiguous(), torch.tensor(target), masks_t[:1], masks_t[1:]
