@@ -24,20 +24,19 @@ Rules (the same for every model; ``metadata.json`` records what they gave):
   on a grid of 0.10 .. 0.98 (step 0.02), the area threshold follows the same false-positive rule as
   ``ai_probability``, on the plain real photos of validation (class 0, no manipulated pixel): with probability
   ``fpr_confidence``, at most ``target_fpr`` of new ones are called ``manipulated``. Only photos whose AI score
-  leaves them to the area test (below the ``needs-review`` band) can be called so, and only their areas count:
-  version 8 set the area on every plain photo's, so the few its AI score had already called AI or sent for review,
-  whose manipulation masks are wide (that mask marks AI pixels too), set a threshold (68 % of a tile) that almost no
-  edited photo reached. Of those pairs the one that
-  calls the most of validation's manipulated real images (copy-move, splicing) ``manipulated`` is kept (ties: the
-  fewer plain photos called, then the lower pixel value), if it calls more than the area at ``mask_pixel`` does.
-  The pixel value is chosen apart from ``mask_pixel``: the value that draws the best mask (pixel F1) flags wide,
-  faint areas on plain photos too, while a small confident peak is what edited photos have and plain ones rarely
-  do (version 8 measured its area at ``mask_pixel`` and caught 2-5 % of copy-move and splicing at its 5 % rate).
-  Choosing among the grid's pairs on the same images makes the reported validation rate of manipulated images
-  caught optimistic; the plain-photo rate is each pair's own rule. Without manipulated validation images the area
-  is measured at ``mask_pixel`` (``manipulated_pixel`` unset). ``--whole-data`` adds whole validation pictures
-  (:mod:`training.data.whole_sources`): serving judges a large photo by its most flagged tile, so it is called
-  manipulated more often than a one-tile view; the rule then holds on the whole photos and on the views separately.
+  leaves them to the area test (below the ``needs-review`` band) can be called so, and only their areas count
+  (version 8 counted every plain photo's, so the few its AI score had already called AI or sent for review, whose
+  manipulation masks are wide because that mask marks AI pixels too, set the threshold at 68 % of a tile, which
+  almost no edit reached). Of those pairs the one that calls the most of validation's manipulated real images
+  (copy-move, splicing) ``manipulated`` is kept (ties: the fewer plain photos called, then the lower pixel value),
+  if it calls more than the area at ``mask_pixel`` does. The pixel value is chosen apart from ``mask_pixel``
+  because the value that draws the best mask (pixel F1) flags wide, faint areas on plain photos too, while a small
+  confident peak is what edited photos have and plain ones rarely do. Choosing among the grid's pairs on the same
+  images makes the reported share of manipulated images caught optimistic; the plain-photo rate is each pair's own
+  rule. Without manipulated validation images the area is measured at ``mask_pixel`` (``manipulated_pixel``
+  unset). ``--whole-data`` adds whole validation pictures (:mod:`training.data.whole_sources`): serving judges a
+  large photo by its most flagged tile, so it is called manipulated more often than a one-tile view; the rule then
+  holds on the whole photos and on the views separately.
   Scores files written before mask evidence existed keep the mask thresholds as they are (the report says so).
 
 Scores come from the serving contract (:mod:`gamma.preprocess` v2: native-resolution tiles of the default
@@ -86,7 +85,7 @@ class MaskCalibration:
     manipulated_count: int  # class-0 images with manipulated pixels (copy-move, splicing)
     manipulated_fpr: float  # share of the plain real photos called manipulated (area above it, below the band)
     manipulated_tpr: float  # share of the manipulated real images called manipulated
-    # the same two rates when the area is measured at mask_pixel (version 8's rule), for comparison
+    # the same two rates when the area is measured at mask_pixel (no pixel threshold of its own), for comparison
     manipulated_fpr_at_mask_pixel: float
     manipulated_tpr_at_mask_pixel: float
 
