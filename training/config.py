@@ -53,6 +53,10 @@ class TrainConfig:
     # the chance a training sample is shown content-only (64 px and back) with class target 0.5 (GammaDataset's
     # content_only_prob): a regulariser against reading the class from content; off by default
     content_only_prob: float = 0.0
+    # keep the encoder's BatchNorm layers in inference mode while training (their running statistics fixed, their
+    # affine weights still learned), as detection fine-tuning does with small batches: micro-batches of 8 crops give
+    # noisy batch statistics, and training then normalises differently from serving; off by default
+    frozen_encoder_norm: bool = False
     # also save each epoch's validated weights in <out>/epochs/<n>/ (a checkpoint folder each), so that a run's
     # trajectory can be averaged afterwards (training/soup.py; MODEL_CARD: version 8's candidates)
     keep_epochs: bool = False

@@ -60,6 +60,18 @@ def _loader(dataset: GammaDataset, indices: list[int], config: TrainConfig) -> t
     )  # fmt: skip
 
 
+BATCH_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
+
+
+def freeze_norm_statistics(module: torch.nn.Module) -> int:
+    """Put every BatchNorm layer under ``module`` in inference mode (running statistics used, not updated); the
+    rest of ``module`` keeps its mode. Returns how many layers were frozen."""
+    norms = [m for m in module.modules() if isinstance(m, BATCH_NORMS)]
+    for norm in norms:
+        norm.eval()
+    return len(norms)
+
+
 def _to_device(batch: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     images, *rest = (t.to(device, non_blocking=True) for t in batch)
     if device.type == "cuda":
@@ -229,6 +241,8 @@ class Trainer:
     def train_epoch(self, deadline: float) -> dict[str, float]:
         model = self.ddp or self.model
         model.train()
+        if self.config.frozen_encoder_norm:
+            freeze_norm_statistics(self.model.encoder)
         self.train_set.set_epoch(self.epoch)
         indices = self.epoch_indices()
         steps = len(indices) // (self.config.micro_batch * self.accumulation)

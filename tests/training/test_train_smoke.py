@@ -153,3 +153,30 @@ def test_weight_average_is_what_is_validated_saved_and_resumed(pattern_data: Pat
     last = state["step"] - 1
     used = state["optimizer"]["param_groups"][0]["lr"]
     assert used == pytest.approx(3e-4 * 0.5 * (1 + math.cos(math.pi * last / state["step"]))) and used < 3e-4
+
+
+def test_frozen_encoder_norm_keeps_the_encoders_statistics_and_trains_the_rest(
+    pattern_data: Path, tmp_path: Path
+) -> None:
+    """With frozen_encoder_norm the encoder's BatchNorm statistics stay those it started with (a fresh layer's
+    zeros and ones here) while its weights and the decoders' BatchNorm statistics still move; without it, they move."""
+    from safetensors.torch import load_file
+
+    def trained(frozen: bool) -> dict[str, torch.Tensor]:
+        out = tmp_path / f"frozen-{frozen}"
+        train.main(["--preset", "local-b0", "--data", str(pattern_data), "--out", str(out), *FAST,
+                    "--set", "model=gamma-effl0", "--set", "encoder_init=", "--set", "epoch_fraction=0.35",
+                    "--set", "max_epochs=1", "--set", f"frozen_encoder_norm={str(frozen).lower()}"])  # fmt: skip
+        return load_file(str(out / "checkpoint" / "model.safetensors"))
+
+    frozen, free = trained(True), trained(False)
+    encoder_means = [k for k in frozen if k.startswith("encoder.") and k.endswith("running_mean")]
+    decoder_means = [k for k in frozen if k.startswith("ai_decoder.") and k.endswith("running_mean")]
+    assert encoder_means and decoder_means
+    assert all(torch.equal(frozen[k], torch.zeros_like(frozen[k])) for k in encoder_means)
+    assert all(torch.equal(frozen[k.replace("mean", "var")], torch.ones_like(frozen[k])) for k in encoder_means)
+    assert all(not torch.equal(frozen[k], torch.zeros_like(frozen[k])) for k in decoder_means)
+    assert all(not torch.equal(free[k], torch.zeros_like(free[k])) for k in encoder_means)
+    # the frozen layers' affine weights (a fresh layer's ones) were still learned
+    scales = [frozen[k.replace("running_mean", "weight")] for k in encoder_means]
+    assert any(not torch.equal(scale, torch.ones_like(scale)) for scale in scales)
