@@ -2,7 +2,8 @@
 
 ``SCORES`` are the JSON files ``calibrate.py --scores`` writes (labels and probabilities in manifest order, through
 serving's tiles); each is read with the thresholds of the checkpoint named by ``--checkpoint`` (one per file, in
-order; default: none, so only the mean score and the share above 0.5). Used for the model card's per-kind tables,
+order; default: none, so only the mean score and the share above 0.5). One scores file may be given twice, under two
+checkpoints' thresholds; the report then keys each by file and checkpoint. Used for the model card's per-kind tables,
 e.g. how often a real patch pasted like the DCGAN faces (``feathered_splicing``) is called ``ai-generated``. When the
 file holds mask evidence (written since version 8), also the share called ``manipulated``, from each image's
 manipulated area at the thresholds' ``manipulated_pixel`` and :func:`gamma.verdict.decide`, as serving decides.
@@ -61,10 +62,15 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     args = parser.parse_args(argv)
     if args.checkpoint and len(args.checkpoint) != len(args.scores):
         parser.error("give one --checkpoint per scores file, or none")
+    # keyed by the scores file; by file and checkpoint when one file is read under several checkpoints' thresholds
+    repeated = len(set(args.scores)) < len(args.scores)
+    if repeated and not args.checkpoint:
+        parser.error("a scores file given twice without checkpoints would be reported twice the same")
     report = {}
     for index, scores in enumerate(args.scores):
         thresholds = load_checkpoint(args.checkpoint[index]).config.thresholds if args.checkpoint else None
-        report[str(scores)] = kind_rates(args.manifest, scores, thresholds)
+        key = f"{scores} @ {args.checkpoint[index]}" if repeated else str(scores)
+        report[key] = kind_rates(args.manifest, scores, thresholds)
     print(json.dumps(report, indent=2))
     return report
 

@@ -59,3 +59,22 @@ def test_with_mask_evidence_the_manipulated_share_is_decided_as_serving_decides(
     assert rates["splicing"]["manipulated"] == pytest.approx(1 / 3)  # the peak below the band; the AI-scored one not
     at_mask_pixel = kind_rates(manifest, saved, VerdictThresholds(0.7, 0.2, 0.5, 0.05))
     assert at_mask_pixel["real"]["manipulated"] == 1.0
+
+
+def test_one_scores_file_under_two_checkpoints_is_reported_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The card reads one saved score file under two models' thresholds; neither report may overwrite the other."""
+    from types import SimpleNamespace
+
+    from training import kind_rates as module
+
+    manifest, saved = _write(tmp_path, ["real", "real"], [0, 0], [0.1, 0.8])
+    thresholds = {"strict": VerdictThresholds(0.9, 0.0), "loose": VerdictThresholds(0.6, 0.0)}
+    monkeypatch.setattr(module, "load_checkpoint", lambda path: SimpleNamespace(
+        config=SimpleNamespace(thresholds=thresholds[Path(path).name])))  # fmt: skip
+    report = module.main([str(manifest), str(saved), str(saved), "--checkpoint", "strict", "--checkpoint", "loose"])
+    assert report[f"{saved} @ strict"]["real"]["ai_generated"] == 0.0
+    assert report[f"{saved} @ loose"]["real"]["ai_generated"] == 0.5
+    with pytest.raises(SystemExit):  # twice without thresholds would say the same thing twice
+        module.main([str(manifest), str(saved), str(saved)])
