@@ -60,16 +60,12 @@ def _loader(dataset: GammaDataset, indices: list[int], config: TrainConfig) -> t
     )  # fmt: skip
 
 
-BATCH_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
-
-
-def freeze_norm_statistics(module: torch.nn.Module) -> int:
+def freeze_norm_statistics(module: torch.nn.Module) -> None:
     """Put every BatchNorm layer under ``module`` in inference mode (running statistics used, not updated); the
-    rest of ``module`` keeps its mode. Returns how many layers were frozen."""
-    norms = [m for m in module.modules() if isinstance(m, BATCH_NORMS)]
-    for norm in norms:
-        norm.eval()
-    return len(norms)
+    rest of ``module`` keeps its mode."""
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):  # BatchNorm1d/2d/3d and SyncBatchNorm
+            layer.eval()
 
 
 def _to_device(batch: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
